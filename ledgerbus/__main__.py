@@ -1,0 +1,3 @@
+from ledgerbus.cli import main
+
+main()

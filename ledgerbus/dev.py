@@ -1,0 +1,143 @@
+"""``ledgerbus dev``: the whole system on one machine, in the foreground.
+
+Stage 1 starts the servers (embedded or probed external) in parallel; stage 2
+the ledgerbus processes, each a child running its own ``ledgerbus`` command
+with the stage-1 endpoints in its environment, exactly as in production.
+Ctrl-C or SIGTERM stops everything in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import start_http_server
+
+from ledgerbus.discovery import state_file, write_state
+from ledgerbus.embedded.lock import DataDirLock
+from ledgerbus.embedded.ports import claim_port
+from ledgerbus.embedded.process import ChildProcess
+from ledgerbus.embedded.service import RestartableProcessService
+from ledgerbus.embedded.stack import Endpoints, infrastructure
+from ledgerbus.probes import http_probe
+from ledgerbus.settings import Settings
+from ledgerbus.supervisor import Service, Started, Supervisor
+
+
+def ledgerbus_process(
+    name: str,
+    args: list[str],
+    *,
+    endpoints: Endpoints,
+    extra_env: dict[str, str],
+    url: str,
+    ready_path: str,
+    log_dir: Path,
+) -> RestartableProcessService:
+    """A ``ledgerbus <args>`` child that uses the supervisor's servers."""
+    env = {**os.environ, **endpoints.as_env(), **extra_env}
+    process = ChildProcess(
+        name,
+        [sys.executable, "-m", "ledgerbus", *args],
+        log_path=log_dir / f"{name}.log",
+        death_signal=signal.SIGTERM,
+        env=env,
+    )
+    return RestartableProcessService(name, process, http_probe(url + ready_path), url)
+
+
+def build_supervisor(
+    settings: Settings, on_started: Callable[[Started], None]
+) -> tuple[Supervisor, Endpoints, str]:
+    data_dir = settings.data_dir.resolve()
+    servers, endpoints = infrastructure(settings)
+    port = claim_port(
+        settings.gateway_port, setting="LEDGERBUS_GATEWAY_PORT", host=settings.gateway_host
+    )
+    gateway_url = f"http://{settings.gateway_host}:{port}"
+    gateway = ledgerbus_process(
+        "gateway",
+        ["gateway"],
+        endpoints=endpoints,
+        extra_env={
+            "LEDGERBUS_GATEWAY_PORT": str(port),
+            "LEDGERBUS_GATEWAY_HOST": settings.gateway_host,
+        },
+        url=gateway_url,
+        ready_path="/readyz",
+        log_dir=data_dir / "logs",
+    )
+    stages: list[list[Service]] = [servers, [gateway]]
+    return Supervisor(stages, on_started=on_started), endpoints, gateway_url
+
+
+def _print_started(started: Started) -> None:
+    pid = f"pid {started.pid}" if started.pid else "external"
+    print(
+        f"  {started.name:<9} {started.endpoint:<52} ready in {started.seconds:5.2f}s  ({pid})",
+        flush=True,
+    )
+
+
+async def run_dev(settings: Settings) -> int:
+    """Run until a signal or an unrecoverable failure; return the exit code."""
+    data_dir = settings.data_dir.resolve()
+    lock = DataDirLock(data_dir)
+    lock.acquire()
+    try:
+        return await _run_locked(settings, data_dir)
+    finally:
+        state_file(data_dir).unlink(missing_ok=True)
+        lock.release()
+
+
+async def _run_locked(settings: Settings, data_dir: Path) -> int:
+    began = time.monotonic()
+    supervisor, endpoints, gateway_url = build_supervisor(settings, _print_started)
+    metrics_port = claim_port(settings.metrics_port, setting="LEDGERBUS_METRICS_PORT")
+    start_http_server(metrics_port, addr="127.0.0.1")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    print(f"ledgerbus dev: starting in {data_dir}", flush=True)
+    starting = asyncio.create_task(supervisor.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        print("ledgerbus dev: stopped during start-up", flush=True)
+        return 130
+    starting.result()  # re-raise a start-up failure
+
+    pids = {service.name: service.pid for service in supervisor.services}
+    write_state(data_dir, endpoints, gateway_url, pids)
+    print(f"ready in {time.monotonic() - began:.2f}s", flush=True)
+    print(f"Gateway:  {gateway_url}  (API docs {gateway_url}/docs)", flush=True)
+    print(f"Metrics:  {gateway_url}/metrics, supervisor http://127.0.0.1:{metrics_port}/metrics")
+    print(f"Logs:     {data_dir / 'logs'}")
+    print("Press Ctrl-C to stop.", flush=True)
+
+    watching = asyncio.create_task(supervisor.watch())
+    await asyncio.wait({watching, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if watching.done():
+        print(f"ledgerbus dev: {watching.result()}; shutting down", file=sys.stderr, flush=True)
+        code = 1
+    else:
+        watching.cancel()
+    print("ledgerbus dev: stopping", flush=True)
+    await supervisor.stop()
+    stopping.cancel()
+    print("ledgerbus dev: stopped", flush=True)
+    return code

@@ -1,0 +1,74 @@
+"""Session-wide embedded stack and per-test isolation.
+
+One real Kafka (Tansu), PostgreSQL and Redis start once per test session
+(external ones are used instead when ``LEDGERBUS_*`` endpoints are set).
+Each test gets its own names: a topic prefix, a tenant id, a fresh database
+and a Redis key prefix, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+from ledgerbus.embedded.stack import Endpoints, infrastructure
+from ledgerbus.settings import load_settings
+from ledgerbus.supervisor import Supervisor
+
+
+@dataclass(frozen=True)
+class TestStack:
+    endpoints: Endpoints
+    supervisor: Supervisor
+    data_dir: Path
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """Names private to one test."""
+
+    topic_prefix: str
+    tenant_id: str
+    redis_prefix: str
+    database_url: str
+
+
+@pytest.fixture(scope="session")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TestStack]:
+    data_dir = tmp_path_factory.mktemp("stack") / ".ledgerbus"
+    settings = load_settings(data_dir=data_dir)
+    servers, endpoints = infrastructure(settings)
+    supervisor = Supervisor([servers])
+    await supervisor.start()
+    try:
+        yield TestStack(endpoints, supervisor, data_dir)
+    finally:
+        await supervisor.stop()
+
+
+def _with_database(url: str, database: str) -> str:
+    return urlsplit(url)._replace(path=f"/{database}").geturl()
+
+
+@pytest.fixture
+async def isolation(stack: TestStack) -> AsyncIterator[Isolation]:
+    token = uuid.uuid4().hex[:10]
+    database = f"test_{token}"
+    admin = await asyncpg.connect(stack.endpoints.database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{database}"')
+        yield Isolation(
+            topic_prefix=f"t{token}.",
+            tenant_id=f"tenant-{token}",
+            redis_prefix=f"test:{token}:",
+            database_url=_with_database(stack.endpoints.database_url, database),
+        )
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.close()
