@@ -7,25 +7,41 @@ and a non-zero exit code, and hands real work to the module that owns it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import ParamSpec, TypeVar
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 import click
 
-from ledgerbus.discovery import NoStackFound, resolve_endpoints
+from ledgerbus.bus import NoRegistry
+from ledgerbus.discovery import NoStackFound
 from ledgerbus.embedded.lock import DataDirBusy
 from ledgerbus.embedded.ports import PortInUse
 from ledgerbus.settings import Settings, SettingsError, load_settings
 from ledgerbus.supervisor import StartupError
+from producers.publisher import InvalidEvent, PublishError
+from schemas.catalog import UnknownEventType
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 #: Configuration and environment errors: shown as one clear line, exit code 2.
-USER_ERRORS = (SettingsError, PortInUse, DataDirBusy, NoStackFound, StartupError)
+USER_ERRORS = (
+    SettingsError,
+    PortInUse,
+    DataDirBusy,
+    NoStackFound,
+    StartupError,
+    NoRegistry,
+    UnknownEventType,
+    InvalidEvent,
+    PublishError,
+)
 
 
 def clear_errors(func: Callable[P, R]) -> Callable[P, R]:
@@ -66,27 +82,121 @@ def dev() -> None:
     sys.exit(asyncio.run(run_dev(settings())))
 
 
+def _read_data(value: str) -> dict[str, Any]:
+    """``--data`` is JSON, or ``@path`` to a JSON file."""
+    source = "--data"
+    if value.startswith("@"):
+        source = value[1:]
+        try:
+            value = Path(source).read_text()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {source}: {exc.strerror}") from None
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{source} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{source} must be a JSON object")
+    return data
+
+
+@main.command()
+@click.argument("event_type")
+@click.option("--subject", required=True, help="Aggregate id; the Kafka key (order per subject).")
+@click.option("--data", "data_arg", required=True, help="Payload as JSON, or @file.json.")
+@click.option("--tenant", default="default", show_default=True, help="Tenant id.")
+@click.option("--source", default="cli", show_default=True, help="Producer name.")
+@click.option("--correlation-id", default=None, help="Id shared by one end-to-end flow.")
+@clear_errors
+def publish(
+    event_type: str,
+    subject: str,
+    data_arg: str,
+    tenant: str,
+    source: str,
+    correlation_id: str | None,
+) -> None:
+    """Publish one event; prints its topic, partition and offset."""
+    from ledgerbus.bus import catalog_for, connect, publishing
+    from producers.publisher import build_event
+
+    config = settings()
+    data = _read_data(data_arg)
+    # Validate before touching the network: bad input publishes nothing.
+    event = build_event(
+        catalog_for(config).get(event_type),
+        subject=subject,
+        tenant_id=tenant,
+        data=data,
+        source=source,
+        correlation_id=correlation_id,
+    )
+
+    async def run() -> None:
+        async with connect(config) as bus, publishing(bus, source) as publisher:
+            delivery = await publisher.publish(event)
+        click.echo(
+            json.dumps(
+                {
+                    "event_id": str(delivery.event_id),
+                    "type": delivery.type,
+                    "topic": delivery.topic,
+                    "partition": delivery.partition,
+                    "offset": delivery.offset,
+                }
+            )
+        )
+
+    asyncio.run(run())
+
+
+@main.command()
+@click.option(
+    "--types", "types", multiple=True, help="Event type glob, e.g. 'agent.*' (repeatable)."
+)
+@click.option("--subject", default=None, help="Only events about this subject.")
+@click.option("--tenant", default=None, help="Only this tenant's events.")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest retained event.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Exit after N events.")
+@clear_errors
+def tail(
+    types: tuple[str, ...],
+    subject: str | None,
+    tenant: str | None,
+    from_beginning: bool,
+    limit: int | None,
+) -> None:
+    """Print events as they arrive, one JSON object per line."""
+    from consumers.follow import EventFilter, follow
+    from ledgerbus.bus import connect
+
+    config = settings()
+    event_filter = EventFilter(types=types, subject=subject, tenant_id=tenant)
+
+    async def run() -> None:
+        async with connect(config) as bus:
+            seen = 0
+            events = follow(
+                bus.endpoints.kafka_bootstrap,
+                bus.topics(),
+                bus.deserializer(),
+                event_filter,
+                from_beginning=from_beginning,
+            )
+            async for event in events:
+                click.echo(event.model_dump_json())
+                seen += 1
+                if limit is not None and seen >= limit:
+                    break
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
 @main.command()
 @clear_errors
 def gateway() -> None:
     """Serve the HTTP API (uses LEDGERBUS_* endpoints or a running `ledgerbus dev`)."""
-    import uvicorn
+    from ledgerbus.gateway_process import serve
 
-    from gateway.app import create_app
-    from gateway.health import ComponentCheck
-    from ledgerbus.probes import kafka_probe, postgres_probe, redis_probe
-
-    config = settings()
-    endpoints = resolve_endpoints(config)
-    checks = [
-        ComponentCheck("kafka", endpoints.kafka_bootstrap, kafka_probe(endpoints.kafka_bootstrap)),
-        ComponentCheck("postgres", endpoints.database_url, postgres_probe(endpoints.database_url)),
-        ComponentCheck("redis", endpoints.redis_url, redis_probe(endpoints.redis_url)),
-    ]
-    uvicorn.run(
-        create_app(checks),
-        host=config.gateway_host,
-        port=config.gateway_port,
-        log_level="info",
-        access_log=False,
-    )
+    asyncio.run(serve(settings()))

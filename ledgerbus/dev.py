@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client import start_http_server
@@ -28,6 +29,7 @@ from ledgerbus.embedded.stack import Endpoints, infrastructure
 from ledgerbus.probes import http_probe
 from ledgerbus.settings import Settings
 from ledgerbus.supervisor import Service, Started, Supervisor
+from producers.topics import ensure_topics
 
 
 def ledgerbus_process(
@@ -61,6 +63,9 @@ def build_supervisor(
         settings.gateway_port, setting="LEDGERBUS_GATEWAY_PORT", host=settings.gateway_host
     )
     gateway_url = f"http://{settings.gateway_host}:{port}"
+    serve_registry = not settings.schema_registry_url
+    if serve_registry:  # dev mode: the gateway hosts a Confluent-compatible registry
+        endpoints = replace(endpoints, schema_registry_url=f"{gateway_url}/registry")
     gateway = ledgerbus_process(
         "gateway",
         ["gateway"],
@@ -68,6 +73,7 @@ def build_supervisor(
         extra_env={
             "LEDGERBUS_GATEWAY_PORT": str(port),
             "LEDGERBUS_GATEWAY_HOST": settings.gateway_host,
+            "LEDGERBUS_SERVE_SCHEMA_REGISTRY": "true" if serve_registry else "false",
         },
         url=gateway_url,
         ready_path="/readyz",
@@ -119,6 +125,7 @@ async def _run_locked(settings: Settings, data_dir: Path) -> int:
         print("ledgerbus dev: stopped during start-up", flush=True)
         return 130
     starting.result()  # re-raise a start-up failure
+    await ensure_topics(endpoints.kafka_bootstrap, settings.topic_prefix)
 
     pids = {service.name: service.pid for service in supervisor.services}
     write_state(data_dir, endpoints, gateway_url, pids)

@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = Field(
         None, description="Confluent-compatible schema registry; unset = served by ledgerbus"
     )
+    topic_prefix: str = Field(
+        "", pattern=r"^[A-Za-z0-9._-]*$", description="Prefix of every Kafka topic name"
+    )
+    serve_schema_registry: bool = Field(
+        False, description="Gateway serves the Confluent-compatible registry at /registry"
+    )
+    schema_dirs: list[Path] = Field(
+        default_factory=list, description="Extra folders of custom event .avsc files"
+    )
     data_dir: Path = Field(Path(".ledgerbus"), description="Embedded servers' data, logs, keys")
     gateway_host: str = Field("127.0.0.1", description="Address the HTTP gateway listens on")
     gateway_port: int = Field(8000, ge=0, lt=65536, description="Gateway port; 0 = any free port")

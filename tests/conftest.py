@@ -8,6 +8,7 @@ and a Redis key prefix, so tests never see each other's data.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,14 +17,20 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+import uvicorn
 
+from event_store.migrate import migrate
+from event_store.schema_registry import SchemaRegistryStore
+from gateway.app import REGISTRY_PREFIX, create_app
+from ledgerbus.embedded.ports import free_port
 from ledgerbus.embedded.stack import Endpoints, infrastructure
 from ledgerbus.settings import load_settings
 from ledgerbus.supervisor import Supervisor
+from schemas.registry_client import RegistryClient
 
 
 @dataclass(frozen=True)
-class TestStack:
+class StackUnderTest:
     endpoints: Endpoints
     supervisor: Supervisor
     data_dir: Path
@@ -40,16 +47,45 @@ class Isolation:
 
 
 @pytest.fixture(scope="session")
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TestStack]:
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[StackUnderTest]:
     data_dir = tmp_path_factory.mktemp("stack") / ".ledgerbus"
     settings = load_settings(data_dir=data_dir)
     servers, endpoints = infrastructure(settings)
     supervisor = Supervisor([servers])
     await supervisor.start()
     try:
-        yield TestStack(endpoints, supervisor, data_dir)
+        yield StackUnderTest(endpoints, supervisor, data_dir)
     finally:
         await supervisor.stop()
+
+
+@pytest.fixture(scope="session")
+async def registry_url(stack: StackUnderTest) -> AsyncIterator[str]:
+    """The gateway's schema registry over real HTTP, stored in its own database."""
+    admin = await asyncpg.connect(stack.endpoints.database_url)
+    await admin.execute('CREATE DATABASE "registry"')
+    await admin.close()
+    pool = await asyncpg.create_pool(_with_database(stack.endpoints.database_url, "registry"))
+    await migrate(pool)
+    port = free_port()
+    app = create_app([], registry=SchemaRegistryStore(pool))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # uvicorn exposes a flag, not an event
+        await asyncio.sleep(0.01)  # noqa: ASYNC110
+    try:
+        yield f"http://127.0.0.1:{port}{REGISTRY_PREFIX}"
+    finally:
+        server.should_exit = True
+        await serving
+        await pool.close()
+
+
+@pytest.fixture
+async def registry(registry_url: str) -> AsyncIterator[RegistryClient]:
+    client = RegistryClient(registry_url)
+    yield client
+    await client.aclose()
 
 
 def _with_database(url: str, database: str) -> str:
@@ -57,7 +93,7 @@ def _with_database(url: str, database: str) -> str:
 
 
 @pytest.fixture
-async def isolation(stack: TestStack) -> AsyncIterator[Isolation]:
+async def isolation(stack: StackUnderTest) -> AsyncIterator[Isolation]:
     token = uuid.uuid4().hex[:10]
     database = f"test_{token}"
     admin = await asyncpg.connect(stack.endpoints.database_url)

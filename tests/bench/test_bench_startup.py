@@ -34,9 +34,7 @@ def _one_start(workdir: Path) -> tuple[dict[str, float], float, dict[str, float]
     rss = {}
     for name, pid in state["pids"].items():
         proc = psutil.Process(pid)
-        rss[name] = sum(
-            p.memory_info().rss for p in [proc, *proc.children(recursive=True)]
-        ) / 2**20
+        rss[name] = sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
     assert dev.stop() == 0
     return pieces, wall, rss
 

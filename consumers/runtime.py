@@ -1,0 +1,193 @@
+"""The consumer runtime every ledgerbus component builds on.
+
+At-least-once: a batch from ``getmany`` is handled completely (handlers done,
+poison messages dead-lettered and acknowledged) before its offsets are
+committed, so a crash re-delivers only what was not committed. Within a batch,
+records with different keys are handled concurrently (bounded), records with
+the same key strictly in order, which keeps per-subject order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from prometheus_client import Counter, Gauge, Histogram
+
+from consumers.dead_letters import DeadLetters, Poison
+from schemas.models import Envelope
+from schemas.serde import DecodeError, EventDeserializer
+
+log = logging.getLogger(__name__)
+
+CONSUMED = Counter("ledgerbus_consumed_total", "Events handled successfully", ["group", "type"])
+FAILED = Counter(
+    "ledgerbus_handler_failures_total", "Handler attempts that raised", ["group", "type"]
+)
+LAG = Gauge(
+    "ledgerbus_consumer_lag", "High watermark minus position", ["group", "topic", "partition"]
+)
+HANDLER_SECONDS = Histogram("ledgerbus_handler_seconds", "Handler latency", ["group", "type"])
+
+Handler = Callable[[Envelope[Any]], Awaitable[None]]
+
+
+class PermanentError(Exception):
+    """Raised by a handler for input it will never accept: dead-letter at once, no retry."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter for transient handler errors."""
+
+    attempts: int = 4
+    initial_backoff: float = 0.05
+    max_backoff: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_backoff, self.initial_backoff * 2**attempt))
+
+
+@dataclass
+class ConsumerConfig:
+    bootstrap: str
+    group_id: str
+    topics: Sequence[str]
+    max_concurrency: int = 64
+    max_poll_records: int = 1000
+    session_timeout_ms: int = 6000  # the embedded broker detects dead members at ~1.5x this
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+class EventConsumer:
+    """Decode, dispatch by event type, retry, dead-letter, commit."""
+
+    def __init__(
+        self,
+        config: ConsumerConfig,
+        deserializer: EventDeserializer,
+        handlers: Mapping[str, Handler],
+        dead_letters: DeadLetters,
+    ) -> None:
+        self.config = config
+        self.deserializer = deserializer
+        self.handlers = dict(handlers)
+        self.dead_letters = dead_letters
+        self._consumer = AIOKafkaConsumer(
+            *config.topics,
+            bootstrap_servers=config.bootstrap,
+            group_id=config.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=config.session_timeout_ms,
+            heartbeat_interval_ms=max(500, config.session_timeout_ms // 3),
+            max_poll_records=config.max_poll_records,
+        )
+        self._limit = asyncio.Semaphore(config.max_concurrency)
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        await self._consumer.start()
+
+    def request_stop(self) -> None:
+        """Finish and commit the batch in hand, then return from ``run``."""
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            batches = await self._consumer.getmany(timeout_ms=200)
+            if batches:
+                await self.handle_batches(batches)
+                await self._commit(batches)
+                await self._report_lag()
+
+    async def handle_batches(self, batches: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Handle every record; per key in order, keys concurrently."""
+        by_key: dict[tuple[str, int, bytes | None], list[ConsumerRecord]] = defaultdict(list)
+        for tp, records in batches.items():
+            for record in records:
+                by_key[(tp.topic, tp.partition, record.key)].append(record)
+        if len(by_key) == 1:
+            await self._handle_in_order(next(iter(by_key.values())))
+            return
+        await asyncio.gather(*(self._handle_in_order(chain) for chain in by_key.values()))
+
+    async def _handle_in_order(self, records: list[ConsumerRecord]) -> None:
+        async with self._limit:
+            for record in records:
+                await self._handle(record)
+
+    async def _handle(self, record: ConsumerRecord) -> None:
+        try:
+            event = await self.deserializer.deserialize(record.value)
+        except DecodeError as exc:
+            await self._dead_letter(record, exc.reason, str(exc))
+            return
+        handler = self.handlers.get(event.type)
+        if handler is None:
+            return  # not this consumer's business
+        group = self.config.group_id
+        retry = self.config.retry
+        for attempt in range(retry.attempts):
+            began = time.perf_counter()
+            try:
+                await handler(event)
+            except PermanentError as exc:
+                FAILED.labels(group, event.type).inc()
+                await self._dead_letter(record, "handler_rejected", repr(exc))
+                return
+            except Exception as exc:
+                FAILED.labels(group, event.type).inc()
+                if attempt + 1 == retry.attempts:
+                    await self._dead_letter(record, "handler_gave_up", repr(exc))
+                    return
+                log.warning("%s %s failed (attempt %d): %r", event.type, event.id, attempt + 1, exc)
+                await asyncio.sleep(retry.delay(attempt))
+            else:
+                HANDLER_SECONDS.labels(group, event.type).observe(time.perf_counter() - began)
+                CONSUMED.labels(group, event.type).inc()
+                return
+
+    async def _dead_letter(self, record: ConsumerRecord, reason: str, error: str) -> None:
+        await self.dead_letters.send(
+            Poison(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                key=record.key,
+                value=record.value,
+                headers=list(record.headers),
+                reason=reason,
+                error=error,
+            )
+        )
+
+    async def _commit(self, batches: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
+        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # A rebalance took the partitions away: their new owner re-handles
+            # the uncommitted records (at-least-once; handlers dedup by event id).
+            log.warning("commit of %s failed: %r", offsets, exc)
+
+    async def _report_lag(self) -> None:
+        # Fetch responses carry a correct high watermark even on the embedded
+        # broker, whose end_offsets() is wrong (SPEC.md, known limits).
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None:
+                position = await self._consumer.position(tp)
+                lag = max(0, highwater - position)
+                LAG.labels(self.config.group_id, tp.topic, str(tp.partition)).set(lag)

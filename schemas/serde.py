@@ -1,0 +1,208 @@
+"""Events <-> Kafka records: Confluent wire format plus CloudEvents binary-mode headers.
+
+The value is ``0x00 | schema id (4 bytes, big endian) | Avro binary`` so any
+Kafka tool with a schema registry can read it; the envelope attributes travel
+again as ``ce_*`` headers (CloudEvents Kafka binding, binary mode) so routers
+can filter without decoding. The key is the subject (order per subject).
+
+Schema ids come from a registry (ledgerbus's own or any Confluent-compatible
+one); both directions cache them, so after warm-up encoding and decoding never
+leave the process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+
+from schemas.catalog import EventCatalog, EventType, UnknownEventType
+from schemas.micros import to_micros
+from schemas.models import Envelope
+
+MAGIC_BYTE = 0
+_HEADER = struct.Struct(">bI")
+CONTENT_TYPE = b"application/avro"
+SPEC_VERSION = b"1.0"
+TENANT_HEADER = "ledgerbus-tenant"
+
+Headers = list[tuple[str, bytes]]
+
+
+class SchemaRegistry(Protocol):
+    """The two registry calls serde needs (see ``schemas.registry_client``)."""
+
+    async def register(self, subject: str, schema: dict[str, Any]) -> int: ...
+
+    async def get_schema(self, schema_id: int) -> dict[str, Any]: ...
+
+
+class DecodeError(ValueError):
+    """Bytes that cannot become an event; ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaRecord:
+    """What the producer sends: everything but the partition."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: Headers
+
+
+def subject_name(event_type: EventType) -> str:
+    """Registry subject: the record's full name (Confluent's RecordNameStrategy),
+    since several event types share a topic."""
+    return str(event_type.parsed_schema["name"])
+
+
+def ce_headers(event: Envelope[Any], tenant_id: str) -> Headers:
+    headers: Headers = [
+        ("ce_specversion", SPEC_VERSION),
+        ("ce_id", str(event.id).encode()),
+        ("ce_type", event.type.encode()),
+        ("ce_source", event.source.encode()),
+        ("ce_subject", event.subject.encode()),
+        ("ce_time", event.time.isoformat().encode()),
+        ("content-type", CONTENT_TYPE),
+        (TENANT_HEADER, tenant_id.encode()),
+    ]
+    if event.correlation_id is not None:
+        headers.append(("ce_correlationid", event.correlation_id.encode()))
+    if event.causation_id is not None:
+        headers.append(("ce_causationid", event.causation_id.encode()))
+    return headers
+
+
+class EventSerializer:
+    """Envelope model -> Kafka record, registering each type's schema once."""
+
+    def __init__(self, catalog: EventCatalog, registry: SchemaRegistry, topic_prefix: str = ""):
+        self.catalog = catalog
+        self.registry = registry
+        self.topic_prefix = topic_prefix
+        self._ids: dict[str, int] = {}
+        self._buffer = io.BytesIO()
+
+    async def prepare(self, event_types: Sequence[str]) -> None:
+        """Register the schemas of ``event_types`` now rather than on first use."""
+        for name in event_types:
+            await self.schema_id(self.catalog.get(name))
+
+    async def schema_id(self, event_type: EventType) -> int:
+        schema_id = self._ids.get(event_type.name)
+        if schema_id is None:
+            schema_id = await self.registry.register(subject_name(event_type), event_type.schema)
+            self._ids[event_type.name] = schema_id
+        return schema_id
+
+    def encode_value(self, event_type: EventType, schema_id: int, event: Envelope[Any]) -> bytes:
+        buffer = self._buffer
+        buffer.seek(0)
+        buffer.truncate()
+        buffer.write(_HEADER.pack(MAGIC_BYTE, schema_id))
+        schemaless_writer(buffer, event_type.parsed_schema, event_type.to_record(event))
+        return buffer.getvalue()
+
+    async def serialize(self, event: Envelope[Any]) -> KafkaRecord:
+        event_type = self.catalog.get(event.type)
+        schema_id = self._ids.get(event_type.name) or await self.schema_id(event_type)
+        return KafkaRecord(
+            topic=f"{self.topic_prefix}ledgerbus.{event_type.topic.name}",
+            key=event.subject.encode(),
+            value=self.encode_value(event_type, schema_id, event),
+            headers=ce_headers(event, event.tenant_id),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    """How to read values written with one schema id."""
+
+    writer_schema: dict[str, Any]
+    reader_schema: dict[str, Any] | None  # None when writer == our schema: no resolution
+    event_type: EventType
+
+
+class EventDeserializer:
+    """Confluent-framed bytes -> validated envelope model.
+
+    A value written with a newer (or older) schema than ours is resolved to our
+    local schema by Avro's rules, so an old reader keeps reading new events.
+    """
+
+    def __init__(self, catalog: EventCatalog, registry: SchemaRegistry) -> None:
+        self.catalog = catalog
+        self.registry = registry
+        self._readers: dict[int, _Reader] = {}
+
+    async def deserialize(self, value: bytes | None) -> Envelope[Any]:
+        schema_id = _schema_id(value)
+        reader = self._readers.get(schema_id) or await self._reader(schema_id)
+        assert value is not None
+        return self._decode(reader, value)
+
+    def _decode(self, reader: _Reader, value: bytes) -> Envelope[Any]:
+        stream = io.BytesIO(value)
+        stream.seek(_HEADER.size)
+        try:
+            record = schemaless_reader(stream, reader.writer_schema, reader.reader_schema)
+        except Exception as exc:  # fastavro raises many types on corrupt input
+            raise DecodeError("undecodable_avro", f"Avro body cannot be read: {exc!r}") from exc
+        if not isinstance(record, dict):
+            raise DecodeError("undecodable_avro", "Avro body is not a record")
+        try:
+            return reader.event_type.from_record(record)
+        except ValueError as exc:
+            raise DecodeError("schema_violation", f"event fails validation: {exc}") from exc
+
+    async def _reader(self, schema_id: int) -> _Reader:
+        try:
+            schema = await self.registry.get_schema(schema_id)
+        except LookupError as exc:
+            raise DecodeError("unknown_schema_id", f"schema id {schema_id} is unknown") from exc
+        event_type_name = schema.get("ledgerbus.event_type")
+        try:
+            event_type = self.catalog.get(str(event_type_name))
+        except UnknownEventType as exc:
+            raise DecodeError("unknown_event_type", str(exc)) from exc
+        same = _canonical(schema) == _canonical(event_type.schema)
+        reader = _Reader(
+            writer_schema=event_type.parsed_schema if same else _parse(schema),
+            reader_schema=None if same else event_type.parsed_schema,
+            event_type=event_type,
+        )
+        self._readers[schema_id] = reader
+        return reader
+
+
+def _schema_id(value: bytes | None) -> int:
+    if value is None or len(value) < _HEADER.size:
+        raise DecodeError("not_confluent_framed", "value is shorter than the 5-byte header")
+    magic, schema_id = _HEADER.unpack_from(value)
+    if magic != MAGIC_BYTE:
+        raise DecodeError("not_confluent_framed", f"magic byte is {magic}, expected 0")
+    return int(schema_id)
+
+
+def _parse(schema: dict[str, Any]) -> dict[str, Any]:
+    return cast(dict[str, Any], parse_schema(schema))
+
+
+def _canonical(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+
+def kafka_timestamp_ms(event: Envelope[Any]) -> int:
+    """The record timestamp Kafka gets: the event's time, in milliseconds."""
+    return to_micros(event.time) // 1000

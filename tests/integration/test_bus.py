@@ -1,0 +1,281 @@
+"""Publisher, consumer runtime and dead letters on the real embedded stack."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import struct
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastavro import schemaless_writer
+
+from consumers.dead_letters import DeadLetters
+from consumers.runtime import ConsumerConfig, EventConsumer, PermanentError, RetryPolicy
+from producers.publisher import InvalidEvent, Publisher, build_event
+from producers.topics import ensure_topics
+from schemas.catalog import default_catalog
+from schemas.models import Envelope
+from schemas.registry_client import RegistryClient
+from schemas.serde import EventDeserializer, EventSerializer
+from tests.conftest import Isolation, StackUnderTest
+
+CATALOG = default_catalog()
+COSTS = CATALOG.get("cost.recorded")
+
+
+def cost_event(tenant: str, subject: str, seq: int, cost: int = 10) -> Envelope[Any]:
+    return build_event(
+        COSTS,
+        subject=subject,
+        tenant_id=tenant,
+        source="test",
+        data={
+            "run_id": subject,
+            "project_id": "proj-1",
+            "agent_name": "developer",
+            "provider": "openai",
+            "model": "gpt-4o-mini",
+            "input_tokens": seq,
+            "output_tokens": 5,
+            "cost_micros": cost,
+            "latency_ms": 12,
+        },
+    )
+
+
+@pytest.fixture
+async def publisher(
+    stack: StackUnderTest, isolation: Isolation, registry: RegistryClient
+) -> AsyncIterator[Publisher]:
+    await ensure_topics(stack.endpoints.kafka_bootstrap, isolation.topic_prefix)
+    serializer = EventSerializer(CATALOG, registry, isolation.topic_prefix)
+    async with Publisher(stack.endpoints.kafka_bootstrap, serializer, source="test") as pub:
+        yield pub
+
+
+@pytest.fixture
+async def raw_producer(stack: StackUnderTest) -> AsyncIterator[AIOKafkaProducer]:
+    producer = AIOKafkaProducer(bootstrap_servers=stack.endpoints.kafka_bootstrap)
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+def costs_topic(isolation: Isolation) -> str:
+    return f"{isolation.topic_prefix}ledgerbus.costs"
+
+
+async def consume_until(
+    consumer: EventConsumer, done: asyncio.Event, timeout: float = 30.0
+) -> None:
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        await asyncio.wait_for(done.wait(), timeout)
+    finally:
+        consumer.request_stop()
+        await task
+        await consumer.stop()
+
+
+async def read_all(bootstrap: str, topic: str, expect: int, timeout: float = 20.0) -> list[Any]:
+    """Every record of ``topic`` (all partitions), once ``expect`` have arrived."""
+    reader = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await reader.start()
+    records: list[Any] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(records) < expect:
+                for batch in (await reader.getmany(timeout_ms=200)).values():
+                    records.extend(batch)
+    finally:
+        await reader.stop()
+    return records
+
+
+async def test_publish_returns_coordinates_and_headers(
+    stack: StackUnderTest, isolation: Isolation, publisher: Publisher
+) -> None:
+    event = cost_event(isolation.tenant_id, "run-1", 1)
+    delivery = await publisher.publish(event)
+    assert delivery.topic == costs_topic(isolation)
+    assert delivery.event_id == event.id
+    assert delivery.offset >= 0
+    (record,) = await read_all(stack.endpoints.kafka_bootstrap, delivery.topic, 1)
+    assert (record.partition, record.offset) == (delivery.partition, delivery.offset)
+    assert record.key == b"run-1"
+    headers = dict(record.headers)
+    assert headers["ce_id"] == str(event.id).encode()
+    assert headers["ce_type"] == b"cost.recorded"
+    assert headers["ce_source"] == b"test"
+    assert headers["ce_subject"] == b"run-1"
+    assert headers["ce_specversion"] == b"1.0"
+    assert headers["ledgerbus-tenant"] == isolation.tenant_id.encode()
+    assert headers["content-type"] == b"application/avro"
+    assert record.value[0] == 0, "Confluent magic byte"
+
+
+async def test_invalid_event_is_refused_before_kafka(isolation: Isolation) -> None:
+    with pytest.raises(InvalidEvent, match=r"data\.cost_micros"):
+        build_event(
+            COSTS,
+            subject="s",
+            tenant_id=isolation.tenant_id,
+            source="t",
+            data={**cost_event("t", "s", 1).data.model_dump(), "cost_micros": "lots"},
+        )
+
+
+async def test_order_per_subject_under_concurrency(
+    stack: StackUnderTest,
+    isolation: Isolation,
+    publisher: Publisher,
+    registry: RegistryClient,
+    raw_producer: AIOKafkaProducer,
+) -> None:
+    subjects = [f"run-{i}" for i in range(8)]
+    events = [cost_event(isolation.tenant_id, s, seq) for seq in range(60) for s in subjects]
+    deliveries = await publisher.publish_many(events)
+    assert len(deliveries) == len(events)
+
+    seen: dict[str, list[int]] = defaultdict(list)
+    done = asyncio.Event()
+
+    async def handle(event: Envelope[Any]) -> None:
+        await asyncio.sleep(random.random() / 500)  # interleave subjects
+        seen[event.subject].append(event.data.input_tokens)
+        if sum(map(len, seen.values())) == len(events):
+            done.set()
+
+    consumer = EventConsumer(
+        ConsumerConfig(
+            stack.endpoints.kafka_bootstrap,
+            f"g-{uuid.uuid4()}",
+            [costs_topic(isolation)],
+            max_concurrency=16,
+        ),
+        EventDeserializer(CATALOG, registry),
+        {"cost.recorded": handle},
+        DeadLetters(raw_producer, "order"),
+    )
+    await consume_until(consumer, done)
+    assert {s: seen[s] for s in subjects} == {s: list(range(60)) for s in subjects}
+
+
+async def test_poison_messages_go_to_dead_letters_and_consumer_goes_on(
+    stack: StackUnderTest,
+    isolation: Isolation,
+    publisher: Publisher,
+    registry: RegistryClient,
+    raw_producer: AIOKafkaProducer,
+) -> None:
+    topic = costs_topic(isolation)
+    good = cost_event(isolation.tenant_id, "same-key", 1)
+    framed = (await publisher.serializer.serialize(good)).value
+    schema_id = struct.unpack(">I", framed[1:5])[0]
+    poison = {
+        "not_confluent_framed": b'{"json": true}',
+        "unknown_schema_id": b"\x00" + struct.pack(">I", 987654) + framed[5:],
+        "undecodable_avro": framed[:5] + b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+    }
+    for value in poison.values():
+        await raw_producer.send_and_wait(topic, value=value, key=b"same-key")
+    # valid Avro that the model refuses: negative money
+    negative = cost_event(isolation.tenant_id, "same-key", 2)
+    record = COSTS.to_record(negative)
+    record["data"]["cost_micros"] = -5
+    buffer = io.BytesIO()
+    buffer.write(b"\x00" + struct.pack(">I", schema_id))
+    schemaless_writer(buffer, COSTS.parsed_schema, record)
+    await raw_producer.send_and_wait(topic, value=buffer.getvalue(), key=b"same-key")
+    gives_up = cost_event(isolation.tenant_id, "same-key", 3)
+    rejected = cost_event(isolation.tenant_id, "same-key", 4)
+    last = cost_event(isolation.tenant_id, "same-key", 5)
+    await publisher.publish_many([gives_up, rejected, last])
+
+    handled: list[int] = []
+    attempts: dict[int, int] = defaultdict(int)
+    done = asyncio.Event()
+
+    async def handle(event: Envelope[Any]) -> None:
+        seq = event.data.input_tokens
+        attempts[seq] += 1
+        if seq == 3:
+            raise ConnectionError("downstream is down")
+        if seq == 4:
+            raise PermanentError("never valid")
+        handled.append(seq)
+        if seq == 5:
+            done.set()
+
+    consumer = EventConsumer(
+        ConsumerConfig(
+            stack.endpoints.kafka_bootstrap,
+            f"g-{uuid.uuid4()}",
+            [topic],
+            retry=RetryPolicy(attempts=3, initial_backoff=0.01),
+        ),
+        EventDeserializer(CATALOG, registry),
+        {"cost.recorded": handle},
+        DeadLetters(raw_producer, "poison-test"),
+    )
+    await consume_until(consumer, done)
+    assert handled == [5]
+    assert attempts[3] == 3 and attempts[4] == 1
+
+    dead = await read_all(stack.endpoints.kafka_bootstrap, f"{topic}.dlq", 6)
+    reasons = [dict(r.headers)["ledgerbus-dlq-reason"].decode() for r in dead]
+    assert reasons == [
+        "not_confluent_framed",
+        "unknown_schema_id",
+        "undecodable_avro",
+        "schema_violation",
+        "handler_gave_up",
+        "handler_rejected",
+    ]
+    assert dead[0].value == poison["not_confluent_framed"], "original bytes kept"
+    headers = dict(dead[4].headers)
+    assert headers["ledgerbus-dlq-topic"] == topic.encode()
+    assert b"downstream is down" in headers["ledgerbus-dlq-error"]
+    assert headers["ce_id"] == str(gives_up.id).encode(), "original headers kept"
+
+
+async def test_batch_publish_backpressure_bounds_memory(
+    stack: StackUnderTest, isolation: Isolation, registry: RegistryClient
+) -> None:
+    await ensure_topics(stack.endpoints.kafka_bootstrap, isolation.topic_prefix)
+    serializer = EventSerializer(CATALOG, registry, isolation.topic_prefix)
+    async with Publisher(
+        stack.endpoints.kafka_bootstrap, serializer, max_in_flight_bytes=4096
+    ) as small:
+        peak = 0
+        original = small.budget.acquire
+
+        async def watch(size: int) -> None:
+            nonlocal peak
+            await original(size)
+            peak = max(peak, small.budget.used)
+
+        small.budget.acquire = watch  # type: ignore[method-assign]
+        events = [cost_event(isolation.tenant_id, f"s{i % 5}", i) for i in range(500)]
+        deliveries = await small.publish_many(events)
+    assert len({(d.partition, d.offset) for d in deliveries}) == 500
+    assert peak <= 4096
+    assert small.budget.used == 0
+
+
+async def test_one_subject_lands_on_one_partition_in_order(
+    isolation: Isolation, publisher: Publisher
+) -> None:
+    deliveries = await publisher.publish_many(
+        [cost_event(isolation.tenant_id, "k", i) for i in range(10)]
+    )
+    assert len({(d.topic, d.partition) for d in deliveries}) == 1, "one subject, one partition"
+    offsets = [d.offset for d in deliveries]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 10
