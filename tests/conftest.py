@@ -71,8 +71,8 @@ async def registry_url(stack: StackUnderTest) -> AsyncIterator[str]:
     app = create_app([], registry=SchemaRegistryStore(pool))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
-    while not server.started:  # uvicorn exposes a flag, not an event
-        await asyncio.sleep(0.01)  # noqa: ASYNC110
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+        await asyncio.sleep(0.01)
     try:
         yield f"http://127.0.0.1:{port}{REGISTRY_PREFIX}"
     finally:
