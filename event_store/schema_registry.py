@@ -124,10 +124,20 @@ def canonical(schema: avro.schema.Schema) -> str:
     return json.dumps(schema.to_json(), separators=(",", ":"))
 
 
-_VERSIONS = """
+def _fingerprint(text: str) -> bytes:
+    """The dedup key of a canonical text."""
+    return hashlib.sha256(text.encode()).digest()
+
+
+def _visible(deleted: str, first: int) -> str:
+    """SQL condition: the `deleted` column matches a `Visibility` bound at $first, $first+1."""
+    return f"((NOT {deleted} AND ${first}) OR ({deleted} AND ${first + 1}))"
+
+
+_VERSIONS = f"""
 SELECT v.subject, v.version, v.schema_id, s.schema, v.deleted
 FROM registry_versions v JOIN registry_schemas s ON s.id = v.schema_id
-WHERE v.subject = $1 AND ((NOT v.deleted AND $2) OR (v.deleted AND $3))
+WHERE v.subject = $1 AND {_visible("v.deleted", 2)}
 """
 
 _SOFT_DELETE = "UPDATE registry_versions SET deleted = true"
@@ -143,7 +153,6 @@ class SchemaRegistryStore:
         """Add `schema` to `subject` if compatible, or return the version it already is."""
         parsed = parse(schema)
         text = canonical(parsed)
-        fingerprint = hashlib.sha256(text.encode()).digest()
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO registry_subjects (subject) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -165,7 +174,7 @@ class SchemaRegistryStore:
             result = check(parsed, previous, Compatibility(level))
             if not result.compatible:
                 raise IncompatibleSchema(subject, result.messages)
-            schema_id = await _schema_id(conn, text, fingerprint)
+            schema_id = await _schema_id(conn, text)
             version = await conn.fetchval(
                 "INSERT INTO registry_versions (subject, version, schema_id)"
                 " SELECT $1, COALESCE(max(version), 0) + 1, $2"
@@ -179,13 +188,13 @@ class SchemaRegistryStore:
         self, subject: str, schema: str, visibility: Visibility = Visibility.LIVE
     ) -> RegisteredSchema:
         """The version of `subject` holding `schema` (a live one when there are several)."""
-        text = canonical(parse(schema))
+        key = _fingerprint(canonical(parse(schema)))
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
-                _VERSIONS + " AND s.schema = $4 ORDER BY v.deleted, v.version DESC LIMIT 1",
+                _VERSIONS + " AND s.fingerprint = $4 ORDER BY v.deleted, v.version DESC LIMIT 1",
                 subject,
                 *visibility.value,
-                text,
+                key,
             )
             if row is None:
                 await _require_subject(conn, subject, visibility)
@@ -212,7 +221,7 @@ class SchemaRegistryStore:
                 raise SchemaNotFound(schema_id)
             rows = await conn.fetch(
                 "SELECT subject, version FROM registry_versions"
-                " WHERE schema_id = $1 AND ((NOT deleted AND $2) OR (deleted AND $3))"
+                f" WHERE schema_id = $1 AND {_visible('deleted', 2)}"
                 " ORDER BY subject, version",
                 schema_id,
                 *visibility.value,
@@ -225,7 +234,7 @@ class SchemaRegistryStore:
         """Subjects with at least one version in `visibility`, sorted."""
         rows = await self._pool.fetch(
             "SELECT DISTINCT subject FROM registry_versions"
-            " WHERE ((NOT deleted AND $1) OR (deleted AND $2)) AND starts_with(subject, $3)"
+            f" WHERE {_visible('deleted', 1)} AND starts_with(subject, $3)"
             " ORDER BY subject",
             *visibility.value,
             prefix,
@@ -346,24 +355,25 @@ def _registered(row: asyncpg.Record) -> RegisteredSchema:
     return RegisteredSchema(row["subject"], row["version"], row["schema_id"], row["schema"])
 
 
-async def _schema_id(conn: asyncpg.pool.PoolConnectionProxy, text: str, fingerprint: bytes) -> int:
+async def _schema_id(conn: asyncpg.pool.PoolConnectionProxy, text: str) -> int:
     """The global id of this schema text, allocated on first use.
 
     A concurrent first use of the same text in another subject makes the insert
     wait for that transaction and then do nothing; the final select, a new
     statement, sees the winner's row.
     """
+    key = _fingerprint(text)
     find = "SELECT id FROM registry_schemas WHERE fingerprint = $1"
-    schema_id: int | None = await conn.fetchval(find, fingerprint)
+    schema_id: int | None = await conn.fetchval(find, key)
     if schema_id is None:
         schema_id = await conn.fetchval(
             "INSERT INTO registry_schemas (schema, fingerprint) VALUES ($1, $2)"
             " ON CONFLICT (fingerprint) DO NOTHING RETURNING id",
             text,
-            fingerprint,
+            key,
         )
     if schema_id is None:
-        schema_id = await conn.fetchval(find, fingerprint)
+        schema_id = await conn.fetchval(find, key)
     assert schema_id is not None
     return schema_id
 

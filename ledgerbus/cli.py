@@ -193,6 +193,43 @@ def tail(
         asyncio.run(run())
 
 
+@main.group()
+def schemas() -> None:
+    """Event schemas and the schema registry."""
+
+
+@schemas.command("check")
+@click.option("--register", is_flag=True, help="Register new and compatible schemas afterwards.")
+@clear_errors
+def schemas_check(register: bool) -> None:
+    """Check local .avsc files against every registered version; exit 1 if one breaks."""
+    from ledgerbus.bus import connect
+    from schemas.check import check_catalog
+    from schemas.serde import subject_name
+
+    config = settings()
+
+    async def run() -> int:
+        async with connect(config) as bus:
+            results = await check_catalog(bus.registry, bus.catalog)
+            for result in results:
+                versions = ", ".join(f"v{v}" for v in result.versions) or "none registered"
+                click.echo(f"{result.status:<13} {result.event_type:<34} ({versions})")
+                for reason in result.reasons:
+                    click.echo(f"    {reason}")
+            broken = [r for r in results if r.status == "incompatible"]
+            if broken:
+                click.echo(f"{len(broken)} incompatible schema change(s)", err=True)
+                return 1
+            if register:
+                for event_type in bus.catalog:
+                    await bus.registry.register(subject_name(event_type), event_type.schema)
+                click.echo(f"registered {len(results)} schemas")
+            return 0
+
+    sys.exit(asyncio.run(run()))
+
+
 @main.command()
 @clear_errors
 def gateway() -> None:

@@ -80,14 +80,14 @@ class RegistryClient:
         return schema
 
     async def check_compatibility(
-        self, subject: str, schema: Mapping[str, Any]
+        self, subject: str, schema: Mapping[str, Any], *, version: int | str = "latest"
     ) -> CompatibilityResult:
-        """Could `schema` be registered after the subject's latest version?
+        """Could `schema` be registered after that version of the subject (default latest)?
 
         A subject with no versions accepts anything (the answer Confluent 7+
         gives; older registries answer 404, treated the same way here).
         """
-        path = f"compatibility/subjects/{_path(subject)}/versions/latest"
+        path = f"compatibility/subjects/{_path(subject)}/versions/{version}"
         try:
             body = await self._request("POST", path, schema, params={"verbose": "true"})
         except RegistryNotFound as exc:
@@ -98,6 +98,14 @@ class RegistryClient:
             return CompatibilityResult()
         messages = body.get("messages") or ["the registry gave no reason"]
         return CompatibilityResult(tuple(str(message) for message in messages))
+
+    async def versions(self, subject: str) -> list[int]:
+        """The subject's live version numbers; empty for an unknown subject."""
+        try:
+            body = await self._request("GET", f"subjects/{_path(subject)}/versions")
+        except RegistryNotFound:
+            return []
+        return [int(version) for version in body]
 
     async def subjects(self) -> list[str]:
         body = await self._request("GET", "subjects")

@@ -16,6 +16,8 @@ def _micros_to_datetime(value: Any) -> Any:
 
 
 def _require_utc(value: datetime) -> datetime:
+    if value.tzinfo is UTC:  # the common case; utcoffset() on pydantic's TzInfo is slow
+        return value
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("datetime must be timezone-aware")
     return value.astimezone(UTC)

@@ -27,14 +27,28 @@ EVENTS = 600
 
 
 def start_consumer(
-    stack: StackUnderTest, registry_url: str, database_url: str, topic: str, group: str,
+    stack: StackUnderTest,
+    registry_url: str,
+    database_url: str,
+    topic: str,
+    group: str,
     log: Path,
 ) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "tests.support.consumer_proc", stack.endpoints.kafka_bootstrap,
-             registry_url, database_url, topic, group],
-            stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ),
+            [
+                sys.executable,
+                "-m",
+                "tests.support.consumer_proc",
+                stack.endpoints.kafka_bootstrap,
+                registry_url,
+                database_url,
+                topic,
+                group,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
         )
 
 
@@ -53,8 +67,7 @@ async def committed_offset(bootstrap: str, group: str, tp: TopicPartition) -> in
     aiokafka's admin ``list_consumer_group_offsets`` cannot decode the embedded
     broker's OffsetFetch response; the consumer's own request version can.
     """
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                              enable_auto_commit=False)
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await reader.start()
     try:
         reader.assign([tp])
@@ -64,7 +77,10 @@ async def committed_offset(bootstrap: str, group: str, tp: TopicPartition) -> in
 
 
 async def test_sigkill_mid_batch_redelivers_only_uncommitted(
-    stack: StackUnderTest, isolation: Isolation, registry: RegistryClient, registry_url: str,
+    stack: StackUnderTest,
+    isolation: Isolation,
+    registry: RegistryClient,
+    registry_url: str,
     tmp_path: Path,
 ) -> None:
     db = await asyncpg.connect(isolation.database_url)
@@ -101,7 +117,10 @@ async def test_sigkill_mid_batch_redelivers_only_uncommitted(
     assert {row["seq"] for row in rows} == set(range(EVENTS)), "no event lost"
     by_second = [row["seq"] for row in rows if row["pid"] == second.pid]
     assert by_second[0] == committed - first_offset, "resumed exactly at the committed offset"
-    redelivered = [row["seq"] for row in rows if row["pid"] == first.pid and
-                   row["seq"] >= committed - first_offset]
+    redelivered = [
+        row["seq"]
+        for row in rows
+        if row["pid"] == first.pid and row["seq"] >= committed - first_offset
+    ]
     assert sorted(by_second) == list(range(committed - first_offset, EVENTS))
     assert len(rows) == EVENTS + len(redelivered), "only uncommitted events came twice"

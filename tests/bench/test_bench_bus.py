@@ -1,0 +1,148 @@
+"""Publisher and consumer throughput vs raw aiokafka on the same embedded broker.
+
+Baselines in the same run: raw ``AIOKafkaProducer.send`` of pre-encoded bytes
+with the same acks/linger/batch settings, and raw ``getmany`` over the same
+records. Prints figures; asserts only counts. ``make bench``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from consumers.dead_letters import DeadLetters
+from consumers.runtime import ConsumerConfig, EventConsumer
+from producers.publisher import Publisher, build_event
+from producers.topics import ensure_topics
+from schemas.catalog import default_catalog
+from schemas.models import Envelope
+from schemas.registry_client import RegistryClient
+from schemas.serde import EventDeserializer, EventSerializer
+from tests.conftest import Isolation, StackUnderTest
+
+N = 50_000
+COSTS = default_catalog().get("cost.recorded")
+DATA = {
+    "run_id": "run-1",
+    "project_id": "proj-website",
+    "agent_name": "developer",
+    "provider": "openai",
+    "model": "gpt-4o-mini",
+    "input_tokens": 1200,
+    "output_tokens": 300,
+    "cost_micros": 540,
+    "latency_ms": 812,
+}
+
+
+def events(tenant: str) -> list[dict[str, Any]]:
+    return [{"subject": f"run-{i % 64}", "tenant": tenant} for i in range(N)]
+
+
+async def test_publisher_and_consumer_vs_raw_aiokafka(
+    stack: StackUnderTest, isolation: Isolation, registry: RegistryClient
+) -> None:
+    bootstrap = stack.endpoints.kafka_bootstrap
+    await ensure_topics(bootstrap, isolation.topic_prefix)
+    topic = f"{isolation.topic_prefix}ledgerbus.costs"
+    serializer = EventSerializer(default_catalog(), registry, isolation.topic_prefix)
+    specs = events(isolation.tenant_id)
+
+    # ledgerbus: validate (build_event) + encode + produce + confirm
+    async with Publisher(bootstrap, serializer, linger_ms=5) as publisher:
+        await publisher.publish(
+            build_event(COSTS, subject="warm", tenant_id="t", data=DATA, source="bench")
+        )
+        began = time.perf_counter()
+        batch = [
+            build_event(
+                COSTS, subject=s["subject"], tenant_id=s["tenant"], data=DATA, source="bench"
+            )
+            for s in specs
+        ]
+        deliveries = await publisher.publish_many(batch)
+        ours = time.perf_counter() - began
+    assert len(deliveries) == N
+    encoded = [(await serializer.serialize(e)) for e in batch]
+
+    # baseline: raw aiokafka, pre-encoded bytes, same settings
+    raw = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=1 << 20,
+        enable_idempotence=False,
+    )
+    await raw.start()
+    try:
+        began = time.perf_counter()
+        futures = [
+            await raw.send(r.topic, value=r.value, key=r.key, headers=r.headers) for r in encoded
+        ]
+        await asyncio.gather(*futures)
+        baseline = time.perf_counter() - began
+    finally:
+        await raw.stop()
+
+    print(f"\npublish {N} events ({len(encoded[0].value)} B Avro):")
+    print(f"  raw aiokafka send (pre-encoded) {N / baseline:>10,.0f}/s")
+    print(
+        f"  ledgerbus Publisher (validate+encode+send+confirm) {N / ours:>10,.0f}/s"
+        f"  = {baseline / ours:.2f}x"
+    )
+
+    # consumers over the 2N+1 records now in the topic
+    total = 2 * N + 1
+    reader = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"raw-{uuid.uuid4()}",
+        auto_offset_reset="earliest",
+        max_poll_records=1000,
+    )
+    await reader.start()
+    seen = 0
+    began = time.perf_counter()
+    while seen < total:
+        for records in (await reader.getmany(timeout_ms=200)).values():
+            seen += len(records)
+    raw_consume = time.perf_counter() - began
+    await reader.stop()
+
+    handled = 0
+    done = asyncio.Event()
+
+    async def handle(event: Envelope[Any]) -> None:
+        nonlocal handled
+        handled += 1
+        if handled == total:
+            done.set()
+
+    dead = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await dead.start()
+    consumer = EventConsumer(
+        ConsumerConfig(bootstrap, f"bench-{uuid.uuid4()}", [topic]),
+        EventDeserializer(default_catalog(), registry),
+        {"cost.recorded": handle},
+        DeadLetters(dead, "bench"),
+    )
+    await consumer.start()
+    began = time.perf_counter()
+    task = asyncio.create_task(consumer.run())
+    await asyncio.wait_for(done.wait(), 300)
+    ours_consume = time.perf_counter() - began
+    consumer.request_stop()
+    await task
+    await consumer.stop()
+    await dead.stop()
+    print(f"consume {total} events:")
+    print(f"  raw aiokafka getmany                 {total / raw_consume:>10,.0f}/s")
+    print(
+        f"  ledgerbus EventConsumer (decode+dispatch+commit) {total / ours_consume:>10,.0f}/s"
+        f"  = {raw_consume / ours_consume:.2f}x"
+    )
+    assert handled == total
