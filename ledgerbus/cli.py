@@ -67,6 +67,7 @@ def main(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)  # one line per assignment
 
 
 def settings() -> Settings:
