@@ -46,10 +46,10 @@ from schemas.compatibility import Compatibility, InvalidSchema
 log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/vnd.schemaregistry.v1+json"
-REQUEST_TYPES = frozenset({MEDIA_TYPE, "application/vnd.schemaregistry+json", "application/json"})
+_REQUEST_TYPES = frozenset({MEDIA_TYPE, "application/vnd.schemaregistry+json", "application/json"})
 
 #: Confluent's error code for each failure the store reports.
-ERROR_CODES: dict[type[Exception], int] = {
+_ERROR_CODES: dict[type[Exception], int] = {
     SubjectNotFound: 40401,
     VersionNotFound: 40402,
     SchemaNotFound: 40403,
@@ -61,20 +61,20 @@ ERROR_CODES: dict[type[Exception], int] = {
     IncompatibleSchema: 409,
     InvalidSchema: 42201,
 }
-INVALID_VERSION = 42202
-INVALID_COMPATIBILITY = 42203
-UNPROCESSABLE = 422
-UNSUPPORTED_MEDIA_TYPE = 415
-STORE_ERROR = 50001
+_INVALID_VERSION = 42202
+_INVALID_COMPATIBILITY = 42203
+_UNPROCESSABLE = 422
+_UNSUPPORTED_MEDIA_TYPE = 415
+_STORE_ERROR = 50001
 
 _STORE_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
-class RegistryResponse(JSONResponse):
+class _RegistryResponse(JSONResponse):
     media_type = MEDIA_TYPE
 
 
-class BadRequest(Exception):
+class _BadRequest(Exception):
     """A request this API refuses before reaching the store."""
 
     def __init__(self, error_code: int, message: str) -> None:
@@ -82,9 +82,9 @@ class BadRequest(Exception):
         self.error_code = error_code
 
 
-def error_response(error_code: int, message: str) -> RegistryResponse:
+def _error_response(error_code: int, message: str) -> _RegistryResponse:
     status = error_code if error_code < 1000 else error_code // 100
-    return RegistryResponse({"error_code": error_code, "message": message}, status_code=status)
+    return _RegistryResponse({"error_code": error_code, "message": message}, status_code=status)
 
 
 class _RegistryRoute(APIRoute):
@@ -101,20 +101,20 @@ class _RegistryRoute(APIRoute):
         async def handle_confluent_style(request: Request) -> Response:
             try:
                 return await handle(request)
-            except BadRequest as exc:
-                return error_response(exc.error_code, str(exc))
+            except _BadRequest as exc:
+                return _error_response(exc.error_code, str(exc))
             except (RegistryError, InvalidSchema) as exc:
-                return error_response(ERROR_CODES[type(exc)], str(exc))
+                return _error_response(_ERROR_CODES[type(exc)], str(exc))
             except RequestValidationError as exc:
-                return error_response(UNPROCESSABLE, _explain(exc.errors()))
+                return _error_response(_UNPROCESSABLE, _explain(exc.errors()))
             except _STORE_FAILURES:
                 log.exception("schema registry store failed")
-                return error_response(STORE_ERROR, "Error in the backend data store")
+                return _error_response(_STORE_ERROR, "Error in the backend data store")
 
         return handle_confluent_style
 
 
-class SchemaRequest(BaseModel):
+class _SchemaRequest(BaseModel):
     """The body of register, lookup and compatibility requests."""
 
     model_config = ConfigDict(extra="ignore")
@@ -138,7 +138,7 @@ class SchemaRequest(BaseModel):
         return self.schema_text
 
 
-class ConfigRequest(BaseModel):
+class _ConfigRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     compatibility: str | None = None
@@ -149,8 +149,8 @@ class ConfigRequest(BaseModel):
         try:
             return Compatibility(requested.upper())
         except ValueError:
-            raise BadRequest(
-                INVALID_COMPATIBILITY,
+            raise _BadRequest(
+                _INVALID_COMPATIBILITY,
                 "Invalid compatibility level. Valid values are none, backward, forward, full,"
                 " backward_transitive, forward_transitive, and full_transitive",
             ) from None
@@ -159,48 +159,49 @@ class ConfigRequest(BaseModel):
 Body = TypeVar("Body", bound=BaseModel)
 
 
-async def read_body(request: Request, model: type[Body]) -> Body:
+async def _read_body(request: Request, model: type[Body]) -> Body:
     """Parse a JSON body ourselves so that bad ones get Confluent's error shape."""
     content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if content_type and content_type not in REQUEST_TYPES:
-        raise BadRequest(
-            UNSUPPORTED_MEDIA_TYPE,
+    if content_type and content_type not in _REQUEST_TYPES:
+        raise _BadRequest(
+            _UNSUPPORTED_MEDIA_TYPE,
             f"Unsupported content type {content_type!r}; send {MEDIA_TYPE} or application/json",
         )
     try:
         return model.model_validate_json(await request.body())
     except ValidationError as exc:
-        raise BadRequest(UNPROCESSABLE, _explain(exc.errors())) from None
+        raise _BadRequest(_UNPROCESSABLE, _explain(exc.errors())) from None
 
 
-def parse_version(text: str) -> Version:
+def _parse_version(text: str) -> Version:
     """A path's version: a positive number, "latest", or -1 (Confluent's alias for latest)."""
     if text.strip().lower() in ("latest", "-1"):
         return "latest"
     if text.isdigit() and 1 <= int(text) < 2**31:
         return int(text)
-    raise BadRequest(
-        INVALID_VERSION,
+    raise _BadRequest(
+        _INVALID_VERSION,
         f"The specified version '{text}' is not a valid version id. "
         'Allowed values are between [1, 2^31-1] and the string "latest"',
     )
 
 
-def visibility(deleted: bool, deleted_only: bool = False) -> Visibility:
+def _visibility(deleted: bool, deleted_only: bool = False) -> Visibility:
     if deleted_only:
         return Visibility.DELETED_ONLY
     return Visibility.WITH_DELETED if deleted else Visibility.LIVE
 
 
 T = TypeVar("T")
+Offset = Annotated[int, Query(ge=0)]
 
 
-def page(items: Sequence[T], offset: int, limit: int) -> list[T]:
+def _page(items: Sequence[T], offset: int, limit: int) -> list[T]:
     """Confluent's pagination: `limit` < 0 means no limit."""
     return list(items[offset : offset + limit if limit >= 0 else None])
 
 
-def registered_body(registered: RegisteredSchema) -> dict[str, Any]:
+def _registered_body(registered: RegisteredSchema) -> dict[str, Any]:
     return {
         "subject": registered.subject,
         "version": registered.version,
@@ -222,21 +223,21 @@ def registry_router(store: SchemaRegistryStore) -> APIRouter:
     router = APIRouter(
         tags=["schema registry"],
         route_class=_RegistryRoute,
-        default_response_class=RegistryResponse,
+        default_response_class=_RegistryResponse,
     )
 
     @router.post("/subjects/{subject}/versions")
     async def register(subject: str, request: Request) -> dict[str, Any]:
         """Register a schema under a subject (or get its existing id); `normalize` is implied."""
-        body = await read_body(request, SchemaRequest)
+        body = await _read_body(request, _SchemaRequest)
         registered = await store.register(subject, body.avro())
         return {"id": registered.schema_id, "version": registered.version}
 
     @router.post("/subjects/{subject}")
     async def lookup(subject: str, request: Request, deleted: bool = False) -> dict[str, Any]:
         """Which version of the subject is this schema?"""
-        body = await read_body(request, SchemaRequest)
-        return registered_body(await store.lookup(subject, body.avro(), visibility(deleted)))
+        body = await _read_body(request, _SchemaRequest)
+        return _registered_body(await store.lookup(subject, body.avro(), _visibility(deleted)))
 
     @router.get("/schemas/ids/{schema_id}")
     async def schema_by_id(schema_id: int) -> dict[str, Any]:
@@ -248,43 +249,43 @@ def registry_router(store: SchemaRegistryStore) -> APIRouter:
         schema_id: int,
         subject: str | None = None,
         deleted: bool = False,
-        offset: int = 0,
+        offset: Offset = 0,
         limit: int = -1,
     ) -> list[dict[str, Any]]:
-        pairs = await store.schema_versions(schema_id, visibility(deleted))
+        pairs = await store.schema_versions(schema_id, _visibility(deleted))
         matching = [
             {"subject": name, "version": version}
             for name, version in pairs
             if subject is None or name == subject
         ]
-        return page(matching, offset, limit)
+        return _page(matching, offset, limit)
 
     @router.get("/subjects")
     async def subjects(
         prefix: Annotated[str, Query(alias="subjectPrefix")] = "",
         deleted: bool = False,
         deleted_only: bool = False,
-        offset: int = 0,
+        offset: Offset = 0,
         limit: int = -1,
     ) -> list[str]:
-        found = await store.subjects(visibility(deleted, deleted_only), prefix)
-        return page(found, offset, limit)
+        found = await store.subjects(_visibility(deleted, deleted_only), prefix)
+        return _page(found, offset, limit)
 
     @router.get("/subjects/{subject}/versions")
     async def versions(
         subject: str,
         deleted: bool = False,
         deleted_only: bool = False,
-        offset: int = 0,
+        offset: Offset = 0,
         limit: int = -1,
     ) -> list[int]:
-        found = await store.versions(subject, visibility(deleted, deleted_only))
-        return page(found, offset, limit)
+        found = await store.versions(subject, _visibility(deleted, deleted_only))
+        return _page(found, offset, limit)
 
     @router.get("/subjects/{subject}/versions/{version}")
     async def version(subject: str, version: str, deleted: bool = False) -> dict[str, Any]:
-        found = await store.version(subject, parse_version(version), visibility(deleted))
-        return registered_body(found)
+        found = await store.version(subject, _parse_version(version), _visibility(deleted))
+        return _registered_body(found)
 
     @router.delete("/subjects/{subject}")
     async def delete_subject(subject: str, permanent: bool = False) -> list[int]:
@@ -293,7 +294,7 @@ def registry_router(store: SchemaRegistryStore) -> APIRouter:
 
     @router.delete("/subjects/{subject}/versions/{version}")
     async def delete_version(subject: str, version: str, permanent: bool = False) -> int:
-        return await store.delete_version(subject, parse_version(version), permanent=permanent)
+        return await store.delete_version(subject, _parse_version(version), permanent=permanent)
 
     @router.get("/config")
     async def global_config() -> dict[str, str]:
@@ -301,7 +302,7 @@ def registry_router(store: SchemaRegistryStore) -> APIRouter:
 
     @router.put("/config")
     async def set_global_config(request: Request) -> dict[str, str]:
-        level = (await read_body(request, ConfigRequest)).level()
+        level = (await _read_body(request, _ConfigRequest)).level()
         await store.set_global_compatibility(level)
         return {"compatibility": level}
 
@@ -320,7 +321,7 @@ def registry_router(store: SchemaRegistryStore) -> APIRouter:
 
     @router.put("/config/{subject}")
     async def set_subject_config(subject: str, request: Request) -> dict[str, str]:
-        level = (await read_body(request, ConfigRequest)).level()
+        level = (await _read_body(request, _ConfigRequest)).level()
         await store.set_subject_compatibility(subject, level)
         return {"compatibility": level}
 
@@ -330,12 +331,12 @@ def registry_router(store: SchemaRegistryStore) -> APIRouter:
         return {"compatibilityLevel": await store.delete_subject_compatibility(subject)}
 
     @router.post("/compatibility/subjects/{subject}/versions/{version}")
-    async def test_compatibility(
+    async def check_compatibility(
         subject: str, version: str, request: Request, verbose: bool = False
     ) -> dict[str, Any]:
         """Could this schema follow that version, at the subject's level?"""
-        body = await read_body(request, SchemaRequest)
-        result = await store.check_compatibility(subject, body.avro(), parse_version(version))
+        body = await _read_body(request, _SchemaRequest)
+        result = await store.check_compatibility(subject, body.avro(), _parse_version(version))
         answer: dict[str, Any] = {"is_compatible": result.compatible}
         if verbose:
             answer["messages"] = list(result.messages)
