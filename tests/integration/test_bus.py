@@ -50,16 +50,6 @@ def cost_event(tenant: str, subject: str, seq: int, cost: int = 10) -> Envelope[
 
 
 @pytest.fixture
-async def publisher(
-    stack: StackUnderTest, isolation: Isolation, registry: RegistryClient
-) -> AsyncIterator[Publisher]:
-    await ensure_topics(stack.endpoints.kafka_bootstrap, isolation.topic_prefix)
-    serializer = EventSerializer(CATALOG, registry, isolation.topic_prefix)
-    async with Publisher(stack.endpoints.kafka_bootstrap, serializer, source="test") as pub:
-        yield pub
-
-
-@pytest.fixture
 async def raw_producer(stack: StackUnderTest) -> AsyncIterator[AIOKafkaProducer]:
     producer = AIOKafkaProducer(bootstrap_servers=stack.endpoints.kafka_bootstrap)
     await producer.start()

@@ -29,18 +29,6 @@ async def run_cli(
     )
 
 
-@pytest.fixture
-def cli_env(
-    stack: StackUnderTest, isolation: Isolation, registry_url: str, tmp_path: Path
-) -> dict[str, str]:
-    return {
-        **stack.endpoints.as_env(),
-        "LEDGERBUS_SCHEMA_REGISTRY_URL": registry_url,
-        "LEDGERBUS_TOPIC_PREFIX": isolation.topic_prefix,
-        "LEDGERBUS_DATA_DIR": str(tmp_path / ".ledgerbus"),
-    }
-
-
 BUDGET = json.dumps({"project_id": "proj-1", "amount_micros": 200_000_000})
 
 

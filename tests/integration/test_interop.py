@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from aiokafka import AIOKafkaProducer
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient, record_subject_name_strategy
@@ -28,22 +26,12 @@ from producers.topics import ensure_topics
 from schemas.catalog import default_catalog
 from schemas.models import Envelope
 from schemas.registry_client import RegistryClient
-from schemas.serde import EventDeserializer, EventSerializer
+from schemas.serde import EventDeserializer
 from tests.conftest import Isolation, StackUnderTest
 from tests.integration.test_bus import consume_until, cost_event
 
 CATALOG = default_catalog()
 COSTS = CATALOG.get("cost.recorded")
-
-
-@pytest.fixture
-async def publisher(
-    stack: StackUnderTest, isolation: Isolation, registry: RegistryClient
-) -> AsyncIterator[Publisher]:
-    await ensure_topics(stack.endpoints.kafka_bootstrap, isolation.topic_prefix)
-    serializer = EventSerializer(CATALOG, registry, isolation.topic_prefix)
-    async with Publisher(stack.endpoints.kafka_bootstrap, serializer, source="test") as pub:
-        yield pub
 
 
 def confluent_read(bootstrap: str, registry_url: str, topic: str, partition: int) -> Any:

@@ -43,7 +43,10 @@ async def test_checks_compatibility_against_the_latest_version(client: RegistryC
     optional = with_field({"name": "region", "type": ["null", "string"], "default": None})
 
     assert (await client.check_compatibility("orders-value", breaking)).compatible
+    assert await client.versions("orders-value") == []
     await client.register("orders-value", ORDER)
+    assert await client.versions("orders-value") == [1]
+    assert not (await client.check_compatibility("orders-value", breaking, version=1)).compatible
     result = await client.check_compatibility("orders-value", breaking)
     assert not result.compatible
     [message] = result.messages

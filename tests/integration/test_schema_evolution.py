@@ -49,14 +49,10 @@ def write_custom_type(root: Path, event_type: str, avsc: dict[str, Any], model: 
 
 
 @pytest.fixture
-def custom_env(
-    stack: StackUnderTest, isolation: Isolation, registry_url: str, tmp_path: Path
-) -> dict[str, str]:
+def custom_env(cli_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """The CLI's environment plus a team's own schema folder and models."""
     return {
-        **stack.endpoints.as_env(),
-        "LEDGERBUS_SCHEMA_REGISTRY_URL": registry_url,
-        "LEDGERBUS_TOPIC_PREFIX": isolation.topic_prefix,
-        "LEDGERBUS_DATA_DIR": str(tmp_path / ".ledgerbus"),
+        **cli_env,
         "LEDGERBUS_SCHEMA_DIRS": json.dumps([str(tmp_path / "team" / "schemas")]),
         "PYTHONPATH": str(tmp_path / "team"),
     }

@@ -1,0 +1,39 @@
+"""Fixtures shared by integration tests: a publisher and the CLI's environment."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from producers.publisher import Publisher
+from producers.topics import ensure_topics
+from schemas.catalog import default_catalog
+from schemas.registry_client import RegistryClient
+from schemas.serde import EventSerializer
+from tests.conftest import Isolation, StackUnderTest
+
+CATALOG = default_catalog()
+
+
+@pytest.fixture
+async def publisher(
+    stack: StackUnderTest, isolation: Isolation, registry: RegistryClient
+) -> AsyncIterator[Publisher]:
+    await ensure_topics(stack.endpoints.kafka_bootstrap, isolation.topic_prefix)
+    serializer = EventSerializer(CATALOG, registry, isolation.topic_prefix)
+    async with Publisher(stack.endpoints.kafka_bootstrap, serializer, source="test") as pub:
+        yield pub
+
+
+@pytest.fixture
+def cli_env(
+    stack: StackUnderTest, isolation: Isolation, registry_url: str, tmp_path: Path
+) -> dict[str, str]:
+    return {
+        **stack.endpoints.as_env(),
+        "LEDGERBUS_SCHEMA_REGISTRY_URL": registry_url,
+        "LEDGERBUS_TOPIC_PREFIX": isolation.topic_prefix,
+        "LEDGERBUS_DATA_DIR": str(tmp_path / ".ledgerbus"),
+    }
