@@ -8,7 +8,6 @@ and a Redis key prefix, so tests never see each other's data.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,16 +16,12 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
-import uvicorn
 
-from event_store.migrate import migrate
-from event_store.schema_registry import SchemaRegistryStore
-from gateway.app import REGISTRY_PREFIX, create_app
-from ledgerbus.embedded.ports import free_port
 from ledgerbus.embedded.stack import Endpoints, infrastructure
 from ledgerbus.settings import load_settings
 from ledgerbus.supervisor import Supervisor
 from schemas.registry_client import RegistryClient
+from tests.support.registry_server import serve_registry
 
 
 @dataclass(frozen=True)
@@ -65,20 +60,8 @@ async def registry_url(stack: StackUnderTest) -> AsyncIterator[str]:
     admin = await asyncpg.connect(stack.endpoints.database_url)
     await admin.execute('CREATE DATABASE "registry"')
     await admin.close()
-    pool = await asyncpg.create_pool(_with_database(stack.endpoints.database_url, "registry"))
-    await migrate(pool)
-    port = free_port()
-    app = create_app([], registry=SchemaRegistryStore(pool))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}{REGISTRY_PREFIX}"
-    finally:
-        server.should_exit = True
-        await serving
-        await pool.close()
+    async with serve_registry(_with_database(stack.endpoints.database_url, "registry")) as served:
+        yield served.url
 
 
 @pytest.fixture
