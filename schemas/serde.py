@@ -13,13 +13,13 @@ leave the process.
 from __future__ import annotations
 
 import io
-import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import to_parsing_canonical_form
 
 from schemas.catalog import EventCatalog, EventType, UnknownEventType
 from schemas.micros import to_micros
@@ -176,7 +176,10 @@ class EventDeserializer:
             event_type = self.catalog.get(str(event_type_name))
         except UnknownEventType as exc:
             raise DecodeError("unknown_event_type", str(exc)) from exc
-        same = _canonical(schema) == _canonical(event_type.schema)
+        # Parsing Canonical Form ignores docs and layout: equal forms mean the
+        # same bytes, so the fast path (no schema resolution) is safe. A
+        # registry that normalises schema text would otherwise miss it.
+        same = to_parsing_canonical_form(schema) == to_parsing_canonical_form(event_type.schema)
         reader = _Reader(
             writer_schema=event_type.parsed_schema if same else _parse(schema),
             reader_schema=None if same else event_type.parsed_schema,
@@ -197,10 +200,6 @@ def _schema_id(value: bytes | None) -> int:
 
 def _parse(schema: dict[str, Any]) -> dict[str, Any]:
     return cast(dict[str, Any], parse_schema(schema))
-
-
-def _canonical(schema: dict[str, Any]) -> str:
-    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
 
 
 def kafka_timestamp_ms(event: Envelope[Any]) -> int:
