@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import time
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,19 +68,15 @@ class ConsumerConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
-class EventConsumer:
-    """Decode, dispatch by event type, retry, dead-letter, commit."""
+class ConsumerLoop(ABC):
+    """A consumer-group member: poll a batch, handle it all, commit it, report lag.
 
-    def __init__(
-        self,
-        config: ConsumerConfig,
-        deserializer: EventDeserializer,
-        handlers: Mapping[str, Handler],
-        dead_letters: DeadLetters,
-    ) -> None:
+    Subclasses say what handling a batch means (``handle_batches``); poison
+    records go to ``dead_letter`` and count as handled.
+    """
+
+    def __init__(self, config: ConsumerConfig, dead_letters: DeadLetters) -> None:
         self.config = config
-        self.deserializer = deserializer
-        self.handlers = dict(handlers)
         self.dead_letters = dead_letters
         self._consumer = AIOKafkaConsumer(
             *config.topics,
@@ -91,7 +88,6 @@ class EventConsumer:
             heartbeat_interval_ms=max(500, config.session_timeout_ms // 3),
             max_poll_records=config.max_poll_records,
         )
-        self._limit = asyncio.Semaphore(config.max_concurrency)
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -112,54 +108,12 @@ class EventConsumer:
                 await self._commit(batches)
                 await self._report_lag()
 
-    async def handle_batches(self, batches: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
-        """Handle every record; per key in order, keys concurrently."""
-        by_key: dict[tuple[str, int, bytes | None], list[ConsumerRecord]] = defaultdict(list)
-        for tp, records in batches.items():
-            for record in records:
-                by_key[(tp.topic, tp.partition, record.key)].append(record)
-        if len(by_key) == 1:
-            await self._handle_in_order(next(iter(by_key.values())))
-            return
-        await asyncio.gather(*(self._handle_in_order(chain) for chain in by_key.values()))
+    @abstractmethod
+    async def handle_batches(
+        self, batches: Mapping[TopicPartition, list[ConsumerRecord]]
+    ) -> None: ...
 
-    async def _handle_in_order(self, records: list[ConsumerRecord]) -> None:
-        async with self._limit:
-            for record in records:
-                await self._handle(record)
-
-    async def _handle(self, record: ConsumerRecord) -> None:
-        try:
-            event = await self.deserializer.deserialize(record.value)
-        except DecodeError as exc:
-            await self._dead_letter(record, exc.reason, str(exc))
-            return
-        handler = self.handlers.get(event.type)
-        if handler is None:
-            return  # not this consumer's business
-        group = self.config.group_id
-        retry = self.config.retry
-        for attempt in range(retry.attempts):
-            began = time.perf_counter()
-            try:
-                await handler(event)
-            except PermanentError as exc:
-                FAILED.labels(group, event.type).inc()
-                await self._dead_letter(record, "handler_rejected", repr(exc))
-                return
-            except Exception as exc:
-                FAILED.labels(group, event.type).inc()
-                if attempt + 1 == retry.attempts:
-                    await self._dead_letter(record, "handler_gave_up", repr(exc))
-                    return
-                log.warning("%s %s failed (attempt %d): %r", event.type, event.id, attempt + 1, exc)
-                await asyncio.sleep(retry.delay(attempt))
-            else:
-                HANDLER_SECONDS.labels(group, event.type).observe(time.perf_counter() - began)
-                CONSUMED.labels(group, event.type).inc()
-                return
-
-    async def _dead_letter(self, record: ConsumerRecord, reason: str, error: str) -> None:
+    async def dead_letter(self, record: ConsumerRecord, reason: str, error: str) -> None:
         await self.dead_letters.send(
             Poison(
                 topic=record.topic,
@@ -191,3 +145,66 @@ class EventConsumer:
                 position = await self._consumer.position(tp)
                 lag = max(0, highwater - position)
                 LAG.labels(self.config.group_id, tp.topic, str(tp.partition)).set(lag)
+
+
+class EventConsumer(ConsumerLoop):
+    """Decode, dispatch by event type, retry, dead-letter, commit."""
+
+    def __init__(
+        self,
+        config: ConsumerConfig,
+        deserializer: EventDeserializer,
+        handlers: Mapping[str, Handler],
+        dead_letters: DeadLetters,
+    ) -> None:
+        super().__init__(config, dead_letters)
+        self.deserializer = deserializer
+        self.handlers = dict(handlers)
+        self._limit = asyncio.Semaphore(config.max_concurrency)
+
+    async def handle_batches(self, batches: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Handle every record; per key in order, keys concurrently."""
+        by_key: dict[tuple[str, int, bytes | None], list[ConsumerRecord]] = defaultdict(list)
+        for tp, records in batches.items():
+            for record in records:
+                by_key[(tp.topic, tp.partition, record.key)].append(record)
+        if len(by_key) == 1:
+            await self._handle_in_order(next(iter(by_key.values())))
+            return
+        await asyncio.gather(*(self._handle_in_order(chain) for chain in by_key.values()))
+
+    async def _handle_in_order(self, records: list[ConsumerRecord]) -> None:
+        async with self._limit:
+            for record in records:
+                await self._handle(record)
+
+    async def _handle(self, record: ConsumerRecord) -> None:
+        try:
+            event = await self.deserializer.deserialize(record.value)
+        except DecodeError as exc:
+            await self.dead_letter(record, exc.reason, str(exc))
+            return
+        handler = self.handlers.get(event.type)
+        if handler is None:
+            return  # not this consumer's business
+        group = self.config.group_id
+        retry = self.config.retry
+        for attempt in range(retry.attempts):
+            began = time.perf_counter()
+            try:
+                await handler(event)
+            except PermanentError as exc:
+                FAILED.labels(group, event.type).inc()
+                await self.dead_letter(record, "handler_rejected", repr(exc))
+                return
+            except Exception as exc:
+                FAILED.labels(group, event.type).inc()
+                if attempt + 1 == retry.attempts:
+                    await self.dead_letter(record, "handler_gave_up", repr(exc))
+                    return
+                log.warning("%s %s failed (attempt %d): %r", event.type, event.id, attempt + 1, exc)
+                await asyncio.sleep(retry.delay(attempt))
+            else:
+                HANDLER_SECONDS.labels(group, event.type).observe(time.perf_counter() - began)
+                CONSUMED.labels(group, event.type).inc()
+                return

@@ -126,6 +126,21 @@ class EventSerializer:
 
 
 @dataclass(frozen=True, slots=True)
+class RawEvent:
+    """A decoded but unvalidated event: its Avro record plus the bytes it came from."""
+
+    schema_id: int
+    event_type: EventType
+    record: dict[str, Any]
+    value: bytes
+
+    @property
+    def body(self) -> bytes:
+        """The Avro body without the Confluent header: the event's canonical bytes."""
+        return self.value[_HEADER.size :]
+
+
+@dataclass(frozen=True, slots=True)
 class _Reader:
     """How to read values written with one schema id."""
 
@@ -147,12 +162,18 @@ class EventDeserializer:
         self._readers: dict[int, _Reader] = {}
 
     async def deserialize(self, value: bytes | None) -> Envelope[Any]:
+        raw = await self.read(value)
+        try:
+            return raw.event_type.from_record(raw.record)
+        except ValueError as exc:
+            raise DecodeError("schema_violation", f"event fails validation: {exc}") from exc
+
+    async def read(self, value: bytes | None) -> RawEvent:
+        """Decode the Avro body only (no model validation): for consumers that
+        store or route bytes, like the archiver."""
         schema_id = _schema_id(value)
         reader = self._readers.get(schema_id) or await self._reader(schema_id)
         assert value is not None
-        return self._decode(reader, value)
-
-    def _decode(self, reader: _Reader, value: bytes) -> Envelope[Any]:
         stream = io.BytesIO(value)
         stream.seek(_HEADER.size)
         try:
@@ -161,10 +182,9 @@ class EventDeserializer:
             raise DecodeError("undecodable_avro", f"Avro body cannot be read: {exc!r}") from exc
         if not isinstance(record, dict):
             raise DecodeError("undecodable_avro", "Avro body is not a record")
-        try:
-            return reader.event_type.from_record(record)
-        except ValueError as exc:
-            raise DecodeError("schema_violation", f"event fails validation: {exc}") from exc
+        if stream.tell() != len(value):
+            raise DecodeError("undecodable_avro", "bytes left over after the Avro record")
+        return RawEvent(schema_id, reader.event_type, record, value)
 
     async def _reader(self, schema_id: int) -> _Reader:
         try:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from event_store.migrate import migrate
+from event_store.store import EventStore
 from producers.publisher import Publisher
 from producers.topics import ensure_topics
 from schemas.catalog import default_catalog
@@ -37,3 +40,17 @@ def cli_env(
         "LEDGERBUS_TOPIC_PREFIX": isolation.topic_prefix,
         "LEDGERBUS_DATA_DIR": str(tmp_path / ".ledgerbus"),
     }
+
+
+@pytest.fixture
+async def db_pool(isolation: Isolation) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the test's own, migrated database."""
+    pool = await asyncpg.create_pool(isolation.database_url, min_size=1, max_size=8)
+    await migrate(pool)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def event_store(db_pool: asyncpg.Pool) -> EventStore:
+    return EventStore(db_pool)
