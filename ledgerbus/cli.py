@@ -11,51 +11,13 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import click
 
-from ledgerbus.bus import NoRegistry
-from ledgerbus.discovery import NoStackFound
-from ledgerbus.embedded.lock import DataDirBusy
-from ledgerbus.embedded.ports import PortInUse
-from ledgerbus.settings import Settings, SettingsError, load_settings
-from ledgerbus.supervisor import StartupError
-from producers.publisher import InvalidEvent, PublishError
-from schemas.catalog import UnknownEventType
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-#: Configuration and environment errors: shown as one clear line, exit code 2.
-USER_ERRORS = (
-    SettingsError,
-    PortInUse,
-    DataDirBusy,
-    NoStackFound,
-    StartupError,
-    NoRegistry,
-    UnknownEventType,
-    InvalidEvent,
-    PublishError,
-)
-
-
-def clear_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Print known failures without a traceback and exit non-zero."""
-
-    @wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return func(*args, **kwargs)
-        except USER_ERRORS as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper
+from ledgerbus.commands.common import clear_errors, settings
+from ledgerbus.commands.db import db
 
 
 @click.group()
@@ -70,12 +32,8 @@ def main(verbose: bool) -> None:
     logging.getLogger("aiokafka").setLevel(logging.WARNING)  # one line per assignment
 
 
-def settings() -> Settings:
-    return load_settings()
-
-
 @main.command()
-@clear_errors
+@clear_errors()
 def dev() -> None:
     """Start the whole system on the embedded stack, in the foreground."""
     from ledgerbus.dev import run_dev
@@ -108,7 +66,7 @@ def _read_data(value: str) -> dict[str, Any]:
 @click.option("--tenant", default="default", show_default=True, help="Tenant id.")
 @click.option("--source", default="cli", show_default=True, help="Producer name.")
 @click.option("--correlation-id", default=None, help="Id shared by one end-to-end flow.")
-@clear_errors
+@clear_errors()
 def publish(
     event_type: str,
     subject: str,
@@ -159,7 +117,7 @@ def publish(
 @click.option("--tenant", default=None, help="Only this tenant's events.")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest retained event.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Exit after N events.")
-@clear_errors
+@clear_errors()
 def tail(
     types: tuple[str, ...],
     subject: str | None,
@@ -201,7 +159,7 @@ def schemas() -> None:
 
 @schemas.command("check")
 @click.option("--register", is_flag=True, help="Register new and compatible schemas afterwards.")
-@clear_errors
+@clear_errors()
 def schemas_check(register: bool) -> None:
     """Check local .avsc files against every registered version; exit 1 if one breaks."""
     from ledgerbus.bus import connect
@@ -232,9 +190,13 @@ def schemas_check(register: bool) -> None:
 
 
 @main.command()
-@clear_errors
+@clear_errors()
 def gateway() -> None:
     """Serve the HTTP API (uses LEDGERBUS_* endpoints or a running `ledgerbus dev`)."""
     from ledgerbus.gateway_process import serve
 
     asyncio.run(serve(settings()))
+
+
+# Subcommands that live in their own modules, one per area:
+main.add_command(db)

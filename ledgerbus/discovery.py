@@ -44,14 +44,30 @@ def write_state(
     tmp.replace(path)
 
 
-def resolve_endpoints(settings: Settings) -> Endpoints:
-    """Endpoints from settings, filling gaps from a live ``ledgerbus dev``."""
-    running: dict[str, Any] = {}
+def _running_dev(settings: Settings) -> dict[str, Any]:
+    """The state a live ``ledgerbus dev`` wrote for this data dir, or ``{}``."""
     path = state_file(settings.data_dir)
     if path.exists():
-        state = json.loads(path.read_text())
+        state: dict[str, Any] = json.loads(path.read_text())
         if psutil.pid_exists(int(state["pid"])):
-            running = state
+            return state
+    return {}
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """For commands that need only PostgreSQL (``db migrate``, ``audit verify``...)."""
+    url = settings.database_url or _running_dev(settings).get("database_url")
+    if not url:
+        raise NoStackFound(
+            f"no running `ledgerbus dev` in {settings.data_dir.resolve()} and "
+            "LEDGERBUS_DATABASE_URL not set: start `ledgerbus dev` or set it"
+        )
+    return str(url)
+
+
+def resolve_endpoints(settings: Settings) -> Endpoints:
+    """Endpoints from settings, filling gaps from a live ``ledgerbus dev``."""
+    running = _running_dev(settings)
     kafka = settings.kafka_bootstrap or running.get("kafka_bootstrap")
     database = settings.database_url or running.get("database_url")
     redis = settings.redis_url or running.get("redis_url")

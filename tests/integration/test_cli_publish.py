@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.conftest import Isolation, StackUnderTest
-
-
-async def run_cli(
-    args: list[str], env: dict[str, str], timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    # In a thread: the registry under test is served by this test's event loop.
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "ledgerbus", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
+from tests.support.cli import run_cli
 
 BUDGET = json.dumps({"project_id": "proj-1", "amount_micros": 200_000_000})
 
