@@ -147,6 +147,13 @@ class ConsumerLoop(ABC):
                 LAG.labels(self.config.group_id, tp.topic, str(tp.partition)).set(lag)
 
 
+@dataclass(frozen=True, slots=True)
+class _TypeMetrics:
+    consumed: Counter
+    failed: Counter
+    seconds: Histogram
+
+
 class EventConsumer(ConsumerLoop):
     """Decode, dispatch by event type, retry, dead-letter, commit."""
 
@@ -161,6 +168,15 @@ class EventConsumer(ConsumerLoop):
         self.deserializer = deserializer
         self.handlers = dict(handlers)
         self._limit = asyncio.Semaphore(config.max_concurrency)
+        # Metric children per event type: .labels() costs more than the handler call.
+        self._metrics = {
+            name: _TypeMetrics(
+                CONSUMED.labels(config.group_id, name),
+                FAILED.labels(config.group_id, name),
+                HANDLER_SECONDS.labels(config.group_id, name),
+            )
+            for name in self.handlers
+        }
 
     async def handle_batches(self, batches: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
         """Handle every record; per key in order, keys concurrently."""
@@ -187,24 +203,24 @@ class EventConsumer(ConsumerLoop):
         handler = self.handlers.get(event.type)
         if handler is None:
             return  # not this consumer's business
-        group = self.config.group_id
+        metrics = self._metrics[event.type]
         retry = self.config.retry
         for attempt in range(retry.attempts):
             began = time.perf_counter()
             try:
                 await handler(event)
             except PermanentError as exc:
-                FAILED.labels(group, event.type).inc()
+                metrics.failed.inc()
                 await self.dead_letter(record, "handler_rejected", repr(exc))
                 return
             except Exception as exc:
-                FAILED.labels(group, event.type).inc()
+                metrics.failed.inc()
                 if attempt + 1 == retry.attempts:
                     await self.dead_letter(record, "handler_gave_up", repr(exc))
                     return
                 log.warning("%s %s failed (attempt %d): %r", event.type, event.id, attempt + 1, exc)
                 await asyncio.sleep(retry.delay(attempt))
             else:
-                HANDLER_SECONDS.labels(group, event.type).observe(time.perf_counter() - began)
-                CONSUMED.labels(group, event.type).inc()
+                metrics.seconds.observe(time.perf_counter() - began)
+                metrics.consumed.inc()
                 return

@@ -97,6 +97,7 @@ class Publisher:
         self.serializer = serializer
         self.source = source
         self.budget = ByteBudget(max_in_flight_bytes)
+        self._published: dict[str, Counter] = {}  # metric child per type: .labels() is slow
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             acks="all",
@@ -160,7 +161,10 @@ class Publisher:
         except KafkaError as exc:
             PUBLISH_FAILED.labels(event.type).inc()
             raise PublishError(f"{event.type} {event.id} was not confirmed: {exc!r}") from exc
-        PUBLISHED.labels(event.type).inc()
+        published = self._published.get(event.type)
+        if published is None:
+            published = self._published[event.type] = PUBLISHED.labels(event.type)
+        published.inc()
         return Delivery(event.id, event.type, metadata.topic, metadata.partition, metadata.offset)
 
 

@@ -15,6 +15,7 @@ registers it), or the one named by a `"ledgerbus.model"` attribute
 import difflib
 import functools
 import importlib
+import io
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -22,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from fastavro import schemaless_writer
 from fastavro.schema import SchemaParseException, parse_schema
 
+from schemas.codec import AvroCodec, compile_codec
 from schemas.conformance import mismatches
 from schemas.models import Envelope, EventPayload, model_for
 from schemas.records import WriteRecord, record_writer
@@ -69,12 +72,26 @@ class EventType:
     envelope_model: type[Envelope[Any]]
     """`Envelope[model]`, which validates `data` as this payload."""
     _write: WriteRecord = field(repr=False, compare=False)
+    codec: AvroCodec | None = field(repr=False, compare=False)
+    """Generated encoder/decoders for `parsed_schema` (None: fastavro does it all)."""
 
     def to_record(self, event: Envelope[Any]) -> dict[str, Any]:
         """The dict fastavro writes with `parsed_schema`."""
+        self._check(event)
+        return self._write(event)
+
+    def encode(self, event: Envelope[Any]) -> bytes:
+        """The event's Avro binary body (no framing) under `parsed_schema`."""
+        self._check(event)
+        if self.codec is not None:
+            return self.codec.encode(event)
+        buffer = io.BytesIO()
+        schemaless_writer(buffer, self.parsed_schema, self._write(event))
+        return buffer.getvalue()
+
+    def _check(self, event: Envelope[Any]) -> None:
         if type(event.data) is not self.model:
             raise TypeError(f"{self.name} carries {self.model.__name__}, not {type(event.data)}")
-        return self._write(event)
 
     def from_record(self, record: Mapping[str, Any]) -> Envelope[Any]:
         """The validated event for a dict read by fastavro (or made by `to_record`)."""
@@ -171,6 +188,7 @@ class EventCatalog:
             topic=topic,
             envelope_model=envelope_model,
             _write=record_writer(parsed),
+            codec=compile_codec(parsed),
         )
 
 

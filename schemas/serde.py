@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro import parse_schema, schemaless_reader
 from fastavro.schema import to_parsing_canonical_form
 
 from schemas.catalog import EventCatalog, EventType, UnknownEventType
@@ -92,7 +92,6 @@ class EventSerializer:
         self.registry = registry
         self.topic_prefix = topic_prefix
         self._ids: dict[str, int] = {}
-        self._buffer = io.BytesIO()
 
     async def prepare(self, event_types: Sequence[str]) -> None:
         """Register the schemas of ``event_types`` now rather than on first use."""
@@ -107,12 +106,7 @@ class EventSerializer:
         return schema_id
 
     def encode_value(self, event_type: EventType, schema_id: int, event: Envelope[Any]) -> bytes:
-        buffer = self._buffer
-        buffer.seek(0)
-        buffer.truncate()
-        buffer.write(_HEADER.pack(MAGIC_BYTE, schema_id))
-        schemaless_writer(buffer, event_type.parsed_schema, event_type.to_record(event))
-        return buffer.getvalue()
+        return _HEADER.pack(MAGIC_BYTE, schema_id) + event_type.encode(event)
 
     async def serialize(self, event: Envelope[Any]) -> KafkaRecord:
         event_type = self.catalog.get(event.type)
@@ -140,13 +134,20 @@ class RawEvent:
         return self.value[_HEADER.size :]
 
 
+Decode = Callable[[bytes, int], tuple[dict[str, Any], int]]
+
+
 @dataclass(frozen=True, slots=True)
 class _Reader:
-    """How to read values written with one schema id."""
+    """How to read values written with one schema id.
 
-    writer_schema: dict[str, Any]
-    reader_schema: dict[str, Any] | None  # None when writer == our schema: no resolution
+    ``decode`` returns fastavro's values (for ``read``); ``decode_plain`` keeps
+    uuids as str and timestamps as int micros, which models validate faster.
+    """
+
     event_type: EventType
+    decode: Decode
+    decode_plain: Decode
 
 
 class EventDeserializer:
@@ -162,9 +163,12 @@ class EventDeserializer:
         self._readers: dict[int, _Reader] = {}
 
     async def deserialize(self, value: bytes | None) -> Envelope[Any]:
-        raw = await self.read(value)
+        schema_id = _schema_id(value)
+        reader = self._readers.get(schema_id) or await self._reader(schema_id)
+        assert value is not None
+        record = _body(reader.decode_plain, value)
         try:
-            return raw.event_type.from_record(raw.record)
+            return reader.event_type.from_record(record)
         except ValueError as exc:
             raise DecodeError("schema_violation", f"event fails validation: {exc}") from exc
 
@@ -174,17 +178,7 @@ class EventDeserializer:
         schema_id = _schema_id(value)
         reader = self._readers.get(schema_id) or await self._reader(schema_id)
         assert value is not None
-        stream = io.BytesIO(value)
-        stream.seek(_HEADER.size)
-        try:
-            record = schemaless_reader(stream, reader.writer_schema, reader.reader_schema)
-        except Exception as exc:  # fastavro raises many types on corrupt input
-            raise DecodeError("undecodable_avro", f"Avro body cannot be read: {exc!r}") from exc
-        if not isinstance(record, dict):
-            raise DecodeError("undecodable_avro", "Avro body is not a record")
-        if stream.tell() != len(value):
-            raise DecodeError("undecodable_avro", "bytes left over after the Avro record")
-        return RawEvent(schema_id, reader.event_type, record, value)
+        return RawEvent(schema_id, reader.event_type, _body(reader.decode, value), value)
 
     async def _reader(self, schema_id: int) -> _Reader:
         try:
@@ -200,13 +194,39 @@ class EventDeserializer:
         # same bytes, so the fast path (no schema resolution) is safe. A
         # registry that normalises schema text would otherwise miss it.
         same = to_parsing_canonical_form(schema) == to_parsing_canonical_form(event_type.schema)
-        reader = _Reader(
-            writer_schema=event_type.parsed_schema if same else _parse(schema),
-            reader_schema=None if same else event_type.parsed_schema,
-            event_type=event_type,
-        )
+        codec = event_type.codec
+        if same and codec is not None:
+            reader = _Reader(event_type, codec.decode, codec.decode_plain)
+        else:
+            resolve = _resolving_decoder(_parse(schema), event_type.parsed_schema)
+            reader = _Reader(event_type, resolve, resolve)
         self._readers[schema_id] = reader
         return reader
+
+
+def _resolving_decoder(writer: dict[str, Any], reader: dict[str, Any]) -> Decode:
+    """fastavro with Avro schema resolution: data written with another version of the schema."""
+
+    def decode(value: bytes, position: int) -> tuple[dict[str, Any], int]:
+        stream = io.BytesIO(value)
+        stream.seek(position)
+        record = schemaless_reader(stream, writer, reader)
+        if not isinstance(record, dict):
+            raise ValueError("the Avro body is not a record")
+        return record, stream.tell()
+
+    return decode
+
+
+def _body(decode: Decode, value: bytes) -> dict[str, Any]:
+    """The record after the Confluent header, which must fill the value exactly."""
+    try:
+        record, end = decode(value, _HEADER.size)
+    except Exception as exc:  # corrupt input raises many types (IndexError, ValueError...)
+        raise DecodeError("undecodable_avro", f"Avro body cannot be read: {exc!r}") from exc
+    if end != len(value):
+        raise DecodeError("undecodable_avro", "bytes left over after the Avro record")
+    return record
 
 
 def _schema_id(value: bytes | None) -> int:
