@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev test check bench clean
+.PHONY: dev test check schemas-check bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -25,6 +25,10 @@ check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# Today's .avsc files against every version ever committed, through a real registry.
+schemas-check: $(STAMP)
+	$(BIN)/python .ci/check_schemas.py
 
 bench: $(STAMP)
 	$(BIN)/pytest tests/bench -s -p no:cacheprovider
