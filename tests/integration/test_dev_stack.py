@@ -192,3 +192,33 @@ async def test_external_postgres_replaces_embedded_one(tmp_path: Path) -> None:
         await asyncio.wait_for(external.probe(), 5)
     finally:
         await outside.stop()
+
+
+async def test_a_killed_ledgerbus_process_is_restarted(dev: DevProcess) -> None:
+    dev.start()
+    state = dev.wait_ready()
+    old = state["pids"]["gateway"]
+    psutil.Process(old).kill()
+    assert wait_gone([old]) == []
+
+    async def gateway_ready() -> int:
+        assert dev.popen is not None
+        async with httpx.AsyncClient(base_url=state["gateway_url"]) as client:
+            for _ in range(200):
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        gateways = [
+            child.pid
+            for child in psutil.Process(dev.popen.pid).children()
+            if "gateway" in child.cmdline()
+        ]
+        assert len(gateways) == 1
+        return gateways[0]
+
+    assert await gateway_ready() != old
+    assert "gateway exited with code -9; restarting" in dev.output
+    assert dev.stop(signal.SIGTERM) == 0
