@@ -16,8 +16,12 @@ from typing import Any
 
 import click
 
+from ledgerbus.commands.archiver import archiver
+from ledgerbus.commands.audit import audit
 from ledgerbus.commands.common import clear_errors, settings
 from ledgerbus.commands.db import db
+from ledgerbus.commands.projections import projections
+from ledgerbus.commands.replay import replay
 
 
 @click.group()
@@ -200,3 +204,7 @@ def gateway() -> None:
 
 # Subcommands that live in their own modules, one per area:
 main.add_command(db)
+main.add_command(archiver)
+main.add_command(projections)
+main.add_command(replay)
+main.add_command(audit)

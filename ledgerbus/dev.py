@@ -1,8 +1,9 @@
 """``ledgerbus dev``: the whole system on one machine, in the foreground.
 
-Stage 1 starts the servers (embedded or probed external) in parallel; stage 2
-the ledgerbus processes, each a child running its own ``ledgerbus`` command
-with the stage-1 endpoints in its environment, exactly as in production.
+Stage 1 starts the servers (embedded or probed external) in parallel; stages 2
+and 3 the ledgerbus processes (gateway, then archiver), each a child running
+its own ``ledgerbus`` command with the stage-1 endpoints in its environment,
+exactly as in production.
 Ctrl-C or SIGTERM stops everything in reverse order.
 """
 
@@ -22,7 +23,7 @@ from prometheus_client import start_http_server
 
 from ledgerbus.discovery import state_file, write_state
 from ledgerbus.embedded.lock import DataDirLock
-from ledgerbus.embedded.ports import claim_port
+from ledgerbus.embedded.ports import claim_port, free_port
 from ledgerbus.embedded.process import ChildProcess
 from ledgerbus.embedded.service import RestartableProcessService
 from ledgerbus.embedded.stack import Endpoints, infrastructure
@@ -79,7 +80,19 @@ def build_supervisor(
         ready_path="/readyz",
         log_dir=data_dir / "logs",
     )
-    stages: list[list[Service]] = [servers, [gateway]]
+    # Stage 3: the archiver needs the registry the gateway serves; stopping in
+    # reverse order lets it drain before the gateway and the broker go.
+    metrics_port = free_port()
+    archiver = ledgerbus_process(
+        "archiver",
+        ["archiver", "--metrics-port", str(metrics_port)],
+        endpoints=endpoints,
+        extra_env={},
+        url=f"http://127.0.0.1:{metrics_port}",
+        ready_path="/metrics",
+        log_dir=data_dir / "logs",
+    )
+    stages: list[list[Service]] = [servers, [gateway], [archiver]]
     return Supervisor(stages, on_started=on_started), endpoints, gateway_url
 
 
