@@ -15,7 +15,7 @@ from schemas.models import EventPayload
 from schemas.registry_client import RegistryClient, RegistryClientError
 from schemas.serde import EventDeserializer, EventSerializer
 from tests.conftest import Isolation, StackUnderTest
-from tests.integration.test_cli_publish import run_cli
+from tests.support.cli import run_cli
 
 MODEL_V1 = """
 from schemas.models import EventPayload
