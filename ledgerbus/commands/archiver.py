@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,12 @@ from prometheus_client import start_http_server
 from consumers.dead_letters import DeadLetters
 from consumers.runtime import ConsumerConfig
 from event_store.checkpoints import AuditKeyError, Signer, load_or_create_key
-from event_store.migrate import migrate
 from event_store.store import EventStore
 from ledgerbus.bus import connect, publishing
 from ledgerbus.commands.audit import audit_key_path, key_option
 from ledgerbus.commands.common import clear_errors, settings
-from ledgerbus.embedded.ports import claim_port
+from ledgerbus.commands.database import migrated_pool
+from ledgerbus.commands.service import check_metrics_port, metrics_options, stop_on_signals
 from ledgerbus.settings import Settings
 from producers.topics import ensure_topics
 from streams.archiver import Archiver, archive_topics
@@ -52,16 +51,7 @@ class ArchiverOptions:
 
 
 @click.command()
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(0, 65535),
-    default=0,
-    show_default=True,
-    help="Prometheus /metrics port (also the readiness probe); 0 = any free port, logged.",
-)
-@click.option(
-    "--metrics-host", default="127.0.0.1", show_default=True, help="Address /metrics listens on."
-)
+@metrics_options
 @click.option(
     "--group", default=None, help="Consumer group id [default: <topic prefix>ledgerbus-archiver]."
 )
@@ -102,8 +92,7 @@ def archiver(
     Also signs each tenant's chain head periodically (``audit.checkpoint`` events).
     """
     config = settings()
-    if metrics_port:  # fail before touching anything, naming the option
-        claim_port(metrics_port, setting="--metrics-port", host=metrics_host)
+    check_metrics_port(metrics_port, metrics_host)
     options = ArchiverOptions(
         metrics_host,
         metrics_port,
@@ -123,9 +112,7 @@ async def run(config: Settings, options: ArchiverOptions) -> None:
         bus = await stack.enter_async_context(connect(config))
         bootstrap = bus.endpoints.kafka_bootstrap
         await ensure_topics(bootstrap, prefix)
-        pool = await asyncpg.create_pool(bus.endpoints.database_url, min_size=1, max_size=2)
-        stack.push_async_callback(pool.close)
-        await migrate(pool)
+        pool = await stack.enter_async_context(migrated_pool(bus.endpoints.database_url, 2))
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
         await producer.start()
         stack.push_async_callback(producer.stop)
@@ -149,9 +136,7 @@ async def run(config: Settings, options: ArchiverOptions) -> None:
             DeadLetters(producer, group),
             on_appended=checkpointer.after_append,
         )
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, archiver.request_stop)
+        stop_on_signals(archiver.request_stop)
         await archiver.start()
         stack.push_async_callback(archiver.stop)
 

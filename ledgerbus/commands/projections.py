@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 import asyncpg
 import click
@@ -16,7 +15,7 @@ from ledgerbus.bus import connect
 from ledgerbus.commands.common import clear_errors, settings
 from ledgerbus.commands.database import migrated_pool
 from ledgerbus.commands.progress import Progress
-from ledgerbus.embedded.ports import claim_port
+from ledgerbus.commands.service import check_metrics_port, metrics_options, stop_on_signals
 from schemas.serde import DecodeError
 
 log = logging.getLogger("ledgerbus.projections")
@@ -74,16 +73,7 @@ def rebuild(name: str | None, batch_size: int) -> None:
 
 
 @projections.command("run")
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(0, 65535),
-    default=0,
-    show_default=True,
-    help="Prometheus /metrics port; 0 = any free port, logged.",
-)
-@click.option(
-    "--metrics-host", default="127.0.0.1", show_default=True, help="Address /metrics listens on."
-)
+@metrics_options
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -104,8 +94,7 @@ def run_projections(
 ) -> None:
     """Apply new events to every projection until SIGTERM/SIGINT (finishes the batch in hand)."""
     config = settings()
-    if metrics_port:  # fail before touching anything, naming the option
-        claim_port(metrics_port, setting="--metrics-port", host=metrics_host)
+    check_metrics_port(metrics_port, metrics_host)
 
     async def run() -> None:
         async with connect(config) as bus, migrated_pool(bus.endpoints.database_url) as pool:
@@ -117,9 +106,7 @@ def run_projections(
                 poll_interval=poll_interval,
             )
             await runner.install()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, runner.stop)
+            stop_on_signals(runner.stop)
             server, _ = start_http_server(metrics_port, addr=metrics_host)
             log.info(
                 "running projections %s; metrics on http://%s:%d/metrics",

@@ -4,11 +4,9 @@ stores each event exactly once, at gap-free positions, in valid chains."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import asyncpg
@@ -19,6 +17,7 @@ from producers.publisher import Publisher
 from tests.conftest import Isolation
 from tests.support.archive import (
     archived_offsets,
+    archiver_process,
     assert_archived_once,
     committed_offsets,
     eventually,
@@ -33,14 +32,8 @@ KILLS = 3
 
 
 def start_archiver(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """``ledgerbus archiver`` in small batches, so a kill lands mid-stream."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "ledgerbus", "archiver", "--batch-size", "100"],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    """Small batches, so a kill lands mid-stream."""
+    return archiver_process(env, log, "--batch-size", "100")
 
 
 async def test_sigkilled_archiver_restarted_archives_each_event_once(

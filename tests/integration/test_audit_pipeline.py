@@ -3,28 +3,20 @@ checkpoints) -> ``ledgerbus audit verify`` checks chain and signatures."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import asyncpg
 
 from producers.publisher import Publisher
 from tests.conftest import Isolation
-from tests.support.archive import eventually, mixed_events
+from tests.support.archive import archiver_process, eventually, mixed_events
 from tests.support.cli import run_cli
 
 
 def start_archiver(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "ledgerbus", "archiver", "--checkpoint-every", "10"],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    return archiver_process(env, log, "--checkpoint-every", "10")
 
 
 async def test_archiver_signs_checkpoints_that_verify_accepts(

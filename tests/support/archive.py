@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import subprocess
+import sys
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -144,3 +148,14 @@ async def archived_offsets(pool: asyncpg.Pool) -> dict[TopicPartition, int]:
         "GROUP BY kafka_topic, kafka_partition"
     )
     return {TopicPartition(r["kafka_topic"], r["kafka_partition"]): r["last"] + 1 for r in rows}
+
+
+def archiver_process(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``ledgerbus archiver ARGS`` as a real process, output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ledgerbus", "archiver", *args],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
