@@ -12,11 +12,10 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from fastavro import schemaless_writer
 from prometheus_client import REGISTRY
 
@@ -41,6 +40,7 @@ from tests.support.archive import (
 )
 from tests.support.cli import run_cli
 from tests.support.devproc import DevProcess
+from tests.support.kafka import read_all
 
 
 @dataclass
@@ -253,24 +253,10 @@ async def test_poison_is_dead_lettered_with_its_reason_and_archiving_goes_on(
 
     await start_archiver()
     await wait_archived(db_pool, len(before) + len(after))
-    dead = await read_topic(stack.endpoints.kafka_bootstrap, dead_letter_name(topic), len(poison))
+    dead = await read_all(stack.endpoints.kafka_bootstrap, dead_letter_name(topic), len(poison))
     reasons = {record.value: dict(record.headers)["ledgerbus-dlq-reason"] for record in dead}
     assert reasons == {value: reason.encode() for value, reason in poison.items()}
     await assert_archived_once(event_store, ids_by_tenant(before + after))
-
-
-async def read_topic(bootstrap: str, topic: str, expect: int) -> list[Any]:
-    reader = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await reader.start()
-    records: list[Any] = []
-    try:
-        async with asyncio.timeout(20):
-            while len(records) < expect:
-                for batch in (await reader.getmany(timeout_ms=200)).values():
-                    records.extend(batch)
-    finally:
-        await reader.stop()
-    return records
 
 
 async def test_database_outage_mid_append_is_retried_not_skipped(

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from fastavro import schemaless_writer
 
 from consumers.dead_letters import DeadLetters
@@ -24,6 +24,7 @@ from schemas.models import Envelope
 from schemas.registry_client import RegistryClient
 from schemas.serde import EventDeserializer, EventSerializer
 from tests.conftest import Isolation, StackUnderTest
+from tests.support.kafka import read_all
 
 CATALOG = default_catalog()
 COSTS = CATALOG.get("cost.recorded")
@@ -72,21 +73,6 @@ async def consume_until(
         consumer.request_stop()
         await task
         await consumer.stop()
-
-
-async def read_all(bootstrap: str, topic: str, expect: int, timeout: float = 20.0) -> list[Any]:
-    """Every record of ``topic`` (all partitions), once ``expect`` have arrived."""
-    reader = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await reader.start()
-    records: list[Any] = []
-    try:
-        async with asyncio.timeout(timeout):
-            while len(records) < expect:
-                for batch in (await reader.getmany(timeout_ms=200)).values():
-                    records.extend(batch)
-    finally:
-        await reader.stop()
-    return records
 
 
 async def test_publish_returns_coordinates_and_headers(
