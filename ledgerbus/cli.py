@@ -22,6 +22,7 @@ from ledgerbus.commands.common import clear_errors, settings
 from ledgerbus.commands.db import db
 from ledgerbus.commands.projections import projections
 from ledgerbus.commands.replay import replay
+from ledgerbus.commands.streams import streams
 
 
 @click.group()
@@ -208,3 +209,4 @@ main.add_command(archiver)
 main.add_command(projections)
 main.add_command(replay)
 main.add_command(audit)
+main.add_command(streams)

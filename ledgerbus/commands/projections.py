@@ -9,7 +9,6 @@ import asyncpg
 import click
 from prometheus_client import start_http_server
 
-from event_store.projection_counts import EventCounts
 from event_store.projections import Projection, ProjectionRunner, UnknownProjection
 from ledgerbus.bus import connect
 from ledgerbus.commands.common import clear_errors, settings
@@ -17,13 +16,14 @@ from ledgerbus.commands.database import migrated_pool
 from ledgerbus.commands.progress import Progress
 from ledgerbus.commands.service import check_metrics_port, metrics_options, stop_on_signals
 from schemas.serde import DecodeError
+from streams import registry
 
 log = logging.getLogger("ledgerbus.projections")
 
 
 def known_projections() -> list[Projection]:
     """Every projection ledgerbus maintains."""
-    return [EventCounts()]
+    return registry.projections()
 
 
 def chosen(name: str | None) -> list[Projection]:

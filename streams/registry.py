@@ -1,0 +1,20 @@
+"""Every processor ``ledgerbus streams`` runs, and every projection ledgerbus keeps.
+
+Adding a processor is one line here; the worker, ``projections rebuild`` and
+``projections run`` all read these lists.
+"""
+
+from __future__ import annotations
+
+from event_store.projection_counts import EventCounts
+from event_store.projections import Projection
+from streams.processor import Processor
+
+
+def processors() -> list[Processor]:
+    return []
+
+
+def projections() -> list[Projection]:
+    """Every projection, the processors' ones included (names are unique)."""
+    return [EventCounts(), *(p for processor in processors() for p in processor.projections)]
