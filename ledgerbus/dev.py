@@ -1,9 +1,9 @@
 """``ledgerbus dev``: the whole system on one machine, in the foreground.
 
 Stage 1 starts the servers (embedded or probed external) in parallel; stages 2
-and 3 the ledgerbus processes (gateway, then archiver), each a child running
-its own ``ledgerbus`` command with the stage-1 endpoints in its environment,
-exactly as in production.
+and 3 the ledgerbus processes (gateway, then archiver and stream processors),
+each a child running its own ``ledgerbus`` command with the stage-1 endpoints
+in its environment, exactly as in production.
 Ctrl-C or SIGTERM stops everything in reverse order.
 """
 
@@ -42,14 +42,18 @@ def ledgerbus_process(
     url: str,
     ready_path: str,
     log_dir: Path,
+    death_signal: signal.Signals = signal.SIGTERM,
 ) -> RestartableProcessService:
-    """A ``ledgerbus <args>`` child that uses the supervisor's servers."""
+    """A ``ledgerbus <args>`` child that uses the supervisor's servers.
+
+    ``death_signal`` is what the child gets if the supervisor itself dies.
+    """
     env = {**os.environ, **endpoints.as_env(), **extra_env}
     process = ChildProcess(
         name,
         [sys.executable, "-m", "ledgerbus", *args],
         log_path=log_dir / f"{name}.log",
-        death_signal=signal.SIGTERM,
+        death_signal=death_signal,
         env=env,
     )
     return RestartableProcessService(name, process, http_probe(url + ready_path), url)
@@ -80,19 +84,28 @@ def build_supervisor(
         ready_path="/readyz",
         log_dir=data_dir / "logs",
     )
-    # Stage 3: the archiver needs the registry the gateway serves; stopping in
-    # reverse order lets it drain before the gateway and the broker go.
-    metrics_port = free_port()
-    archiver = ledgerbus_process(
-        "archiver",
-        ["archiver", "--metrics-port", str(metrics_port)],
-        endpoints=endpoints,
-        extra_env={},
-        url=f"http://127.0.0.1:{metrics_port}",
-        ready_path="/metrics",
-        log_dir=data_dir / "logs",
-    )
-    stages: list[list[Service]] = [servers, [gateway], [archiver]]
+    # Stage 3: the archiver and the stream processors need the registry the
+    # gateway serves; stopping in reverse order lets them drain before the
+    # gateway and the broker go.
+    # If the supervisor dies, the broker goes too, and faust's consumer thread
+    # can hang for minutes trying to leave the group; the stream processors are
+    # built to survive SIGKILL (decisions are idempotent), so they get that.
+    stage3: list[Service] = []
+    for name, death_signal in (("archiver", signal.SIGTERM), ("streams", signal.SIGKILL)):
+        metrics_port = free_port()
+        stage3.append(
+            ledgerbus_process(
+                name,
+                [name, "--metrics-port", str(metrics_port)],
+                endpoints=endpoints,
+                extra_env={},
+                url=f"http://127.0.0.1:{metrics_port}",
+                ready_path="/metrics",
+                log_dir=data_dir / "logs",
+                death_signal=death_signal,
+            )
+        )
+    stages: list[list[Service]] = [servers, [gateway], stage3]
     return Supervisor(stages, on_started=on_started), endpoints, gateway_url
 
 

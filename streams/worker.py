@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,17 +52,38 @@ class ProjectionService(Service):
 
 
 class StreamsWorker(faust.Worker):
-    """A faust worker that reports readiness once its partitions are assigned."""
+    """A faust worker that reports readiness once its partitions are assigned, and
+    that exits even when a graceful stop hangs (faust's consumer thread can wait
+    for minutes on a broker that went away)."""
 
     def __init__(
-        self, app: faust.App, *services: Any, on_ready: Callable[[], None], **kwargs: Any
+        self,
+        app: faust.App,
+        *services: Any,
+        on_ready: Callable[[], None],
+        stop_timeout: float,
+        **kwargs: Any,
     ) -> None:
         super().__init__(app, *services, **kwargs)
         self._on_ready = on_ready
+        self._stop_timeout = stop_timeout
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
         self._on_ready()
+
+    def on_worker_shutdown(self) -> None:
+        super().on_worker_shutdown()
+        watchdog = threading.Timer(self._stop_timeout, _exit_hung)
+        watchdog.daemon = True
+        watchdog.start()
+
+
+def _exit_hung() -> None:
+    log.error(
+        "graceful stop hung; exiting (uncommitted input is redelivered, decisions are idempotent)"
+    )
+    os._exit(1)
 
 
 def build_worker(
@@ -71,6 +94,7 @@ def build_worker(
     *,
     on_ready: Callable[[], None],
     loop: asyncio.AbstractEventLoop,
+    stop_timeout: float = 30.0,
     loglevel: str = "WARNING",
 ) -> StreamsWorker:
     """The worker, with the context (pool, publisher) and the projection runner
@@ -85,6 +109,7 @@ def build_worker(
         context,
         runner,
         on_ready=on_ready,
+        stop_timeout=stop_timeout,
         loop=loop,
         loglevel=loglevel,
         redirect_stdouts=False,

@@ -46,13 +46,26 @@ log = logging.getLogger("ledgerbus.streams")
     show_default=True,
     help="Seconds before the group gives a silent worker's partitions to another.",
 )
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(min=1.0),
+    default=30.0,
+    show_default=True,
+    help="After SIGTERM, exit anyway if the graceful stop has not finished by then.",
+)
 @clear_errors(asyncpg.PostgresError, OSError)
 def streams(
-    metrics_port: int, metrics_host: str, group: str | None, session_timeout: float
+    metrics_port: int,
+    metrics_host: str,
+    group: str | None,
+    session_timeout: float,
+    stop_timeout: float,
 ) -> None:
     """Run the stream processors (budgets, approvals, webhooks) until SIGTERM/SIGINT."""
     config = settings()
     check_metrics_port(metrics_port, metrics_host)
+    for chatty in ("faust", "mode"):  # a line per service start/stop at INFO
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     endpoints = resolve_endpoints(config)
     if not endpoints.schema_registry_url:
         raise click.ClickException(
@@ -87,7 +100,7 @@ def streams(
 
     def ready() -> None:
         server, _ = start_http_server(metrics_port, addr=metrics_host)
-        log.warning(
+        log.info(
             "streams worker ready (group %s); metrics on http://%s:%d/metrics",
             streams_config.app_id,
             metrics_host,
@@ -102,5 +115,6 @@ def streams(
         registry.projections(),
         on_ready=ready,
         loop=loop,
+        stop_timeout=stop_timeout,
     )
     worker.execute_from_commandline()

@@ -40,7 +40,7 @@ async def test_starts_answers_and_stops_leaving_nothing(dev: DevProcess) -> None
     state = dev.wait_ready()
     assert dev.popen is not None
     tree = descendants(dev.popen.pid)
-    for name in ("kafka", "postgres", "redis", "gateway"):
+    for name in ("kafka", "postgres", "redis", "gateway", "archiver", "streams"):
         assert state["pids"][name] in tree, f"{name} is not a child of ledgerbus dev"
 
     async with httpx.AsyncClient(base_url=state["gateway_url"]) as client:
