@@ -150,7 +150,11 @@ class ProjectionRunner:
         """Create every projection's tables (idempotent; run after the migrations)."""
         async with self.pool.acquire() as conn:
             for projection in self.projections.values():
-                await conn.execute(projection.ddl)
+                # Under the projection's lock: workers starting together would
+                # otherwise race on CREATE TABLE IF NOT EXISTS (pg_type collision).
+                async with conn.transaction():
+                    await _lock(conn, projection)
+                    await conn.execute(projection.ddl)
 
     async def run(self) -> None:
         """Apply new events until ``stop``; a batch in progress is finished first."""
