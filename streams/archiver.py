@@ -21,12 +21,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-import asyncpg
 from aiokafka import ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Histogram
 
 from consumers.dead_letters import DeadLetters
 from consumers.runtime import ConsumerConfig, ConsumerLoop
+from event_store.errors import TRANSIENT_ERRORS
 from event_store.store import AppendResult, EventStore, NewEvent
 from schemas.serde import DecodeError, EventDeserializer, RawEvent
 from schemas.topics import TOPICS, physical_name
@@ -48,18 +48,6 @@ BATCH_EVENTS = Histogram(
     "Events per appended batch",
     ["group"],
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
-)
-
-#: Errors after which the same append can succeed later: the connection or the
-#: server went away, or PostgreSQL asked for the transaction to be retried.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.TransactionRollbackError,  # serialization failure, deadlock
-    asyncpg.OperatorInterventionError,  # shutting down, starting up
-    asyncpg.InsufficientResourcesError,  # too many connections, disk full
 )
 
 OnAppended = Callable[[AppendResult], Awaitable[None]]

@@ -31,6 +31,7 @@ from mode import Service
 from prometheus_client import Counter
 
 from consumers.dead_letters import DeadLetters, Poison
+from event_store.errors import TRANSIENT_ERRORS
 from event_store.migrate import Connection
 from producers.publisher import Delivery, Publisher, PublishError
 from schemas.catalog import EventCatalog
@@ -46,14 +47,7 @@ RETRIED = Counter(
 )
 
 #: Errors worth waiting out: the database or the broker is briefly away.
-TRANSIENT: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.InterfaceError,
-    PublishError,
-)
+TRANSIENT: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, PublishError)
 
 _NAMESPACE = uuid.UUID("6f1c3c52-5f5e-4d0e-9d55-0d6a3d1b7e41")
 
@@ -126,24 +120,29 @@ class StreamsContext(Service):
 
     async def decode(self, event: faust.EventT[Any]) -> Envelope[Any] | None:
         """The event behind a faust message, or None after dead-lettering poison."""
-        message = event.message
         try:
-            return await self.deserializer.deserialize(message.value)
+            return await self.deserializer.deserialize(event.message.value)
         except DecodeError as exc:
-            assert self._dlq_producer is not None
-            await DeadLetters(self._dlq_producer, self.group).send(
-                Poison(
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    message.key,
-                    message.value,
-                    _header_pairs(message.headers),
-                    exc.reason,
-                    str(exc),
-                )
-            )
+            await self.dead_letter(event, exc.reason, str(exc))
             return None
+
+    async def dead_letter(self, event: faust.EventT[Any], reason: str, error: str) -> None:
+        """Send the message behind ``event`` to its dead-letter topic: poison, or
+        an input a processor failed on for a reason retrying will not cure."""
+        message = event.message
+        assert self._dlq_producer is not None
+        await DeadLetters(self._dlq_producer, self.group).send(
+            Poison(
+                message.topic,
+                message.partition,
+                message.offset,
+                message.key,
+                message.value,
+                _header_pairs(message.headers),
+                reason,
+                error,
+            )
+        )
 
     async def decide(self, processor: str, decide: Decide) -> list[Delivery]:
         """Run ``decide`` in one transaction, then publish what it returned.

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from event_store.projection_counts import EventCounts
 from event_store.projections import Projection
+from streams.approval_processor import ApprovalProcessor
+from streams.budget_processor import BudgetProcessor
 from streams.processor import Processor
 
 
 def processors() -> list[Processor]:
-    return []
+    return [
+        ApprovalProcessor(),
+        BudgetProcessor(),
+    ]
 
 
 def projections() -> list[Projection]:

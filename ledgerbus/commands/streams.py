@@ -14,6 +14,7 @@ import logging
 import asyncpg
 import click
 from prometheus_client import start_http_server
+from pydantic import ValidationError
 
 from ledgerbus.bus import catalog_for
 from ledgerbus.commands.common import clear_errors, settings
@@ -53,7 +54,7 @@ log = logging.getLogger("ledgerbus.streams")
     show_default=True,
     help="After SIGTERM, exit anyway if the graceful stop has not finished by then.",
 )
-@clear_errors(asyncpg.PostgresError, OSError)
+@clear_errors(asyncpg.PostgresError, OSError, ValidationError)
 def streams(
     metrics_port: int,
     metrics_host: str,
@@ -64,6 +65,7 @@ def streams(
     """Run the stream processors (budgets, approvals, webhooks) until SIGTERM/SIGINT."""
     config = settings()
     check_metrics_port(metrics_port, metrics_host)
+    processors = registry.processors()  # reads LEDGERBUS_<AREA>_* settings: fail early
     for chatty in ("faust", "mode"):  # a line per service start/stop at INFO
         logging.getLogger(chatty).setLevel(logging.WARNING)
     endpoints = resolve_endpoints(config)
@@ -77,6 +79,7 @@ def streams(
         group,
         session_timeout_seconds=session_timeout,
         web_port=free_port(),
+        data_dir=config.data_dir,
     )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -107,7 +110,6 @@ def streams(
             server.server_port,
         )
 
-    processors = registry.processors()
     worker = build_worker(
         streams_config,
         context,
