@@ -94,8 +94,11 @@ class EventType:
             raise TypeError(f"{self.name} carries {self.model.__name__}, not {type(event.data)}")
 
     def from_record(self, record: Mapping[str, Any]) -> Envelope[Any]:
-        """The validated event for a dict read by fastavro (or made by `to_record`)."""
-        return self.envelope_model.model_validate(record)
+        """The validated event for a dict of its fields: read by fastavro, made by
+        `to_record`, or given by a caller (`data` may be a model or a dict)."""
+        # `model_validate` minus its Python wrapper, which costs a tenth of the validation
+        validator = self.envelope_model.__pydantic_validator__
+        return cast("Envelope[Any]", validator.validate_python(record))
 
 
 class EventCatalog:

@@ -5,8 +5,15 @@ call (a dict lookup and a dispatch per field), which costs ~6-7 µs for a
 typical ledgerbus event, twice what ``json`` needs for the same dict. Most
 of that is interpretation, not encoding. So, like ``dataclasses`` does for
 ``__init__``, this module walks the schema once and generates one Python
-function per direction: per field a few bytearray appends or one slice, with
-the one-byte varint case inlined.
+function per direction.
+
+Encoding builds *text*, one character per output byte, and turns it into
+bytes with a single ``encode("latin-1")`` at the end: an ASCII string field is
+then its one-character length prefix plus the string itself, with no
+per-field ``str.encode`` or buffer append (``str.isascii`` is O(1); other
+strings take a slower exact path). Decoding reads one-byte varints, lengths,
+union branches and enum indexes through 256-entry tables and inlines longer
+varints, so a typical field costs a table lookup and a slice.
 
 The contract is fastavro's, byte for byte and value for value: ``encode``
 produces exactly what ``schemaless_writer`` does for the same record, and
@@ -20,6 +27,7 @@ using fastavro for them; so does reading with schema resolution.
 
 from __future__ import annotations
 
+import functools
 import struct
 import uuid
 from collections.abc import Callable
@@ -27,13 +35,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from schemas.micros import to_micros
-
 Encode = Callable[[Any], bytes]
 Decode = Callable[[bytes, int], tuple[dict[str, Any], int]]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 
 
 class Unsupported(Exception):
@@ -84,16 +89,48 @@ def compile_codec(parsed_schema: dict[str, Any]) -> AvroCodec | None:
 
 # ---------------------------------------------------------------- runtime helpers
 
+_CHAR = tuple(chr(i) for i in range(256))  # byte value -> its latin-1 character
+_SMALL_LONG = tuple(_CHAR[(n << 1) ^ (n >> 63)] for n in range(-64, 64))  # index n + 64
+_SMALL_SIZE = tuple(_CHAR[n << 1] for n in range(64))
+_MORE = tuple(_CHAR[bits | 0x80] for bits in range(128))  # 7 bits, more bytes follow
 
-def _long(n: int) -> bytes:
-    """Zigzag varint of any long (the generated code inlines the one-byte case)."""
+
+def _long(n: int) -> str:
+    """Zigzag varint of any long, as latin-1 text (generated code inlines -64..8191).
+
+    Beyond three bytes the rest comes from a cache: timestamps and large
+    amounts share their high bits with the previous values.
+    """
     n = (n << 1) ^ (n >> 63)
-    out = bytearray()
+    if n < 0x80:
+        return _CHAR[n]
+    if n < 0x4000:
+        return _MORE[n & 0x7F] + _CHAR[n >> 7]
+    if n < 0x200000:
+        return _MORE[n & 0x7F] + _MORE[(n >> 7) & 0x7F] + _CHAR[n >> 14]
+    return _MORE[n & 0x7F] + _MORE[(n >> 7) & 0x7F] + _MORE[(n >> 14) & 0x7F] + _high(n >> 21)
+
+
+@functools.lru_cache(maxsize=1024)
+def _high(n: int) -> str:
+    """Unsigned varint of ``n`` (the bits above a long's first 21)."""
+    out = ""
     while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
+        out += _MORE[n & 0x7F]
         n >>= 7
-    out.append(n)
-    return bytes(out)
+    return out + _CHAR[n]
+
+
+def _string(text: str) -> str:
+    """Length-prefixed UTF-8 of any string, as latin-1 text (the slow path)."""
+    if text.isascii():
+        return _long(len(text)) + text
+    encoded = text.encode()
+    return _long(len(encoded)) + encoded.decode("latin-1")
+
+
+def _bytes(data: bytes) -> str:
+    return _long(len(data)) + data.decode("latin-1")
 
 
 def _read_long(b: bytes, p: int) -> tuple[int, int]:
@@ -109,15 +146,43 @@ def _read_long(b: bytes, p: int) -> tuple[int, int]:
             raise ValueError("varint longer than 10 bytes")
 
 
-def _micros(value: Any) -> int:
-    return value if value.__class__ is int else to_micros(value)
+def _read_size(b: bytes, p: int) -> tuple[int, int]:
+    """A length that did not fit the one-byte table: long, or negative (corrupt)."""
+    n, p = _read_long(b, p)
+    if n < 0:
+        raise ValueError("negative length")
+    return n, p
 
+
+def _bad_branch(b: bytes, p: int) -> ValueError:
+    return ValueError(f"union branch {_read_long(b, p)[0]} does not exist")
+
+
+def _read_symbol(b: bytes, p: int, symbols: tuple[str, ...]) -> tuple[str, int]:
+    """An enum index that did not fit the one-byte table: far, or out of range."""
+    index, p = _read_long(b, p)
+    if not 0 <= index < len(symbols):
+        raise ValueError(f"enum index {index} does not exist")
+    return symbols[index], p
+
+
+# first byte -> the size it encodes on its own, or -1 (longer varint, or negative)
+_SIZE = tuple(byte >> 1 if byte < 0x80 and not byte & 1 else -1 for byte in range(256))
 
 _RUNTIME: dict[str, Any] = {
     "_long": _long,
-    "_read_long": _read_long,
-    "_micros": _micros,
+    "_string": _string,
+    "_bytes": _bytes,
+    "_read_size": _read_size,
+    "_read_symbol": _read_symbol,
+    "_bad_branch": _bad_branch,
+    "_SMALL_LONG": _SMALL_LONG,
+    "_MORE": _MORE,
+    "_CHAR": _CHAR,
+    "_SMALL_SIZE": _SMALL_SIZE,
+    "_SIZE": _SIZE,
     "_EPOCH": _EPOCH,
+    "_MICROSECOND": timedelta(microseconds=1),
     "_timedelta": timedelta,
     "_UUID": uuid.UUID,
     "_float": struct.Struct("<f"),
@@ -145,102 +210,147 @@ class _Emitter:
         self._names += 1
         return f"{stem}{self._names}"
 
+    def constant(self, stem: str, value: Any) -> str:
+        name = self.fresh(stem)
+        self.constants[name] = value
+        return name
 
-class _Writer(_Emitter):
-    """Emits ``encode(r)``: the Avro bytes of model ``r``, appended to ``out``."""
-
-    def function(self, name: str, schema: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        self.value(schema, "r", 1)
-        body = "".join(self.lines)
-        code = (
-            f"def {name}(r):\n    out = bytearray()\n    put = out.append\n"
-            f"{body}    return bytes(out)\n"
-        )
-        return code, self.constants
-
-    def length(self, depth: int, sized: str) -> None:
-        n = self.fresh("n")
-        self.emit(depth, f"{n} = len({sized})")
-        self.emit(depth, f"if {n} < 64:")
-        self.emit(depth + 1, f"put({n} << 1)")
-        self.emit(depth, "else:")
-        self.emit(depth + 1, f"out += _long({n})")
-
-    def value(self, schema: Any, expr: str, depth: int) -> None:
+    def resolve(self, schema: Any) -> tuple[Any, str, str | None]:
+        """(schema, type name, logical type) with named references followed."""
         schema = self.named.get(schema, schema) if isinstance(schema, str) else schema
         if isinstance(schema, list):
-            self.union(schema, expr, depth)
-            return
-        kind = schema if isinstance(schema, str) else schema["type"]
-        logical = None if isinstance(schema, str) else schema.get("logicalType")
-        if logical == "uuid":
-            expr = f"str({expr})"
-        elif logical == "timestamp-micros":
-            expr = f"_micros({expr})"
-        elif logical is not None:
+            return schema, "union", None
+        if isinstance(schema, str):
+            return schema, schema, None
+        logical = schema.get("logicalType")
+        if logical not in (None, "uuid", "timestamp-micros"):
             raise Unsupported(logical)
+        return schema, schema["type"], logical
+
+
+def _nullable(branches: list[Any]) -> tuple[int, Any]:
+    """(index of null, the other branch) of a ``[null, T]`` union; others are unsupported."""
+    if len(branches) != 2 or "null" not in branches:
+        raise Unsupported("only [null, T] unions are compiled")
+    null_index = branches.index("null")
+    return null_index, branches[1 - null_index]
+
+
+def _text(pieces: list[str]) -> str:
+    """An expression joining text pieces (variable names) in order."""
+    if not pieces:
+        return "''"
+    if len(pieces) == 1:
+        return pieces[0]
+    return "f'" + "".join(f"{{{piece}}}" for piece in pieces) + "'"
+
+
+class _Writer(_Emitter):
+    """Emits ``encode(r)``: the Avro bytes of model ``r``.
+
+    ``value`` emits code computing the latin-1 text of one value and returns
+    the names holding it, in order.
+    """
+
+    def function(self, name: str, schema: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        pieces = self.value(schema, "r", 1)
+        body = "".join(self.lines)
+        code = f"def {name}(r):\n{body}    return {_text(pieces)}.encode('latin-1')\n"
+        return code, self.constants
+
+    def value(self, schema: Any, expr: str, depth: int) -> list[str]:
+        schema, kind, logical = self.resolve(schema)
+        if kind == "union":
+            return [self.union(schema, expr, depth)]
         if kind == "record":
-            self.record(schema, expr, depth)
-        elif kind == "null":
-            pass
-        elif kind == "boolean":
-            self.emit(depth, f"put(1 if {expr} else 0)")
+            return self.record(schema, expr, depth)
+        if kind == "null":
+            return []
+        if kind == "array":
+            return [self.array(schema, expr, depth)]
+        v = self.fresh("x")
+        emit = self.emit
+        if kind == "boolean":
+            emit(depth, f"{v} = '\\x01' if {expr} else '\\x00'")
         elif kind in ("int", "long"):
-            v = self.fresh("v")
-            self.emit(depth, f"{v} = {expr}")
-            self.emit(depth, f"if 0 <= {v} < 64:")
-            self.emit(depth + 1, f"put({v} << 1)")
-            self.emit(depth, "else:")
-            self.emit(depth + 1, f"out += _long({v})")
+            emit(depth, f"{v} = {expr}")
+            if logical == "timestamp-micros":
+                emit(depth, f"if {v}.__class__ is not int:")
+                emit(depth + 1, f"{v} = ({v} - _EPOCH) // _MICROSECOND")
+            emit(depth, f"if -64 <= {v} < 64:")
+            emit(depth + 1, f"{v} = _SMALL_LONG[{v} + 64]")
+            emit(depth, f"elif 0 <= {v} < 8192:")  # two bytes: counts, tokens, small money
+            emit(depth + 1, f"{v} = _MORE[({v} << 1) & 127] + _CHAR[{v} >> 6]")
+            emit(depth, "else:")
+            emit(depth + 1, f"{v} = _long({v})")
         elif kind in ("float", "double"):
-            self.emit(depth, f"out += _{kind}.pack({expr})")
-        elif kind in ("string", "bytes"):
-            v = self.fresh("s")
-            encoded = f"{expr}.encode()" if kind == "string" else expr
-            self.emit(depth, f"{v} = {encoded}")
-            self.length(depth, v)
-            self.emit(depth, f"out += {v}")
+            emit(depth, f"{v} = _{kind}.pack({expr}).decode('latin-1')")
+        elif kind == "string" and logical == "uuid":
+            emit(depth, f"{v} = {expr}")
+            emit(depth, f"if {v}.__class__ is _UUID:")  # UUID.__str__ inline, and its length
+            emit(depth + 1, f"h = '%032x' % {v}.int")
+            text = "{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+            emit(depth + 1, f"{v} = f'{_SMALL_SIZE[36]}{text}'")
+            emit(depth, "else:")
+            emit(depth + 1, f"{v} = _string(str({v}))")
+        elif kind == "string":
+            size = self.fresh("z")
+            emit(depth, f"{v} = {expr}")
+            emit(depth, f"if {v}.isascii() and len({v}) < 64:")  # chars are bytes
+            emit(depth + 1, f"{size} = _SMALL_SIZE[len({v})]")
+            emit(depth, "else:")
+            emit(depth + 1, f"{size} = ''")
+            emit(depth + 1, f"{v} = _string({v})")
+            return [size, v]
+        elif kind == "bytes":
+            emit(depth, f"{v} = {expr}")
+            emit(depth, f"if len({v}) < 64:")
+            emit(depth + 1, f"{v} = _SMALL_SIZE[len({v})] + {v}.decode('latin-1')")
+            emit(depth, "else:")
+            emit(depth + 1, f"{v} = _bytes({v})")
         elif kind == "enum":
-            index = self.fresh("_enum")
-            self.constants[index] = {s: i << 1 for i, s in enumerate(schema["symbols"])}
-            self.emit(depth, f"put({index}[{expr}])")
+            symbols = {s: _long(i) for i, s in enumerate(schema["symbols"])}
+            emit(depth, f"{v} = {self.constant('_enum', symbols)}[{expr}]")
         elif kind == "fixed":
-            self.emit(depth, f"out += {expr}")
-        elif kind == "array":
-            self.array(schema, expr, depth)
+            emit(depth, f"{v} = {expr}.decode('latin-1')")
         else:
             raise Unsupported(kind)
+        return [v]
 
-    def record(self, schema: dict[str, Any], expr: str, depth: int) -> None:
+    def record(self, schema: dict[str, Any], expr: str, depth: int) -> list[str]:
         r = expr
         if not expr.isidentifier():
             r = self.fresh("r")
             self.emit(depth, f"{r} = {expr}")
+        pieces: list[str] = []
         for field in schema["fields"]:
-            self.value(field["type"], f"{r}.{field['name']}", depth)
+            pieces += self.value(field["type"], f"{r}.{field['name']}", depth)
+        return pieces
 
-    def union(self, branches: list[Any], expr: str, depth: int) -> None:
-        if len(branches) != 2 or "null" not in branches:
-            raise Unsupported("only [null, T] unions are compiled")
-        null_index = branches.index("null")
-        other = branches[1 - null_index]
+    def union(self, branches: list[Any], expr: str, depth: int) -> str:
+        null_index, other = _nullable(branches)
         v = self.fresh("u")
         self.emit(depth, f"{v} = {expr}")
         self.emit(depth, f"if {v} is None:")
-        self.emit(depth + 1, f"put({null_index << 1})")
+        self.emit(depth + 1, f"{v} = {_long(null_index)!r}")
         self.emit(depth, "else:")
-        self.emit(depth + 1, f"put({(1 - null_index) << 1})")
-        self.value(other, v, depth + 1)
+        inner = self.value(other, v, depth + 1)
+        self.emit(depth + 1, f"{v} = {_long(1 - null_index)!r} + {_text(inner)}")
+        return v
 
-    def array(self, schema: dict[str, Any], expr: str, depth: int) -> None:
+    def array(self, schema: dict[str, Any], expr: str, depth: int) -> str:
         """One block holding every item, then the empty block that ends the array."""
-        items, item = self.fresh("items"), self.fresh("item")
+        items, item, parts = self.fresh("items"), self.fresh("item"), self.fresh("parts")
         self.emit(depth, f"{items} = {expr}")
         self.emit(depth, f"if {items}:")
-        self.length(depth + 1, items)
+        self.emit(depth + 1, f"{parts} = []")
         self.emit(depth + 1, f"for {item} in {items}:")
-        self.value(schema["items"], item, depth + 2)
-        self.emit(depth, "put(0)")
+        inner = self.value(schema["items"], item, depth + 2)
+        self.emit(depth + 2, f"{parts}.append({_text(inner)})")
+        self.emit(depth + 1, f"{items} = _long(len({items})) + ''.join({parts}) + '\\x00'")
+        self.emit(depth, "else:")
+        self.emit(depth + 1, f"{items} = '\\x00'")
+        return items
 
 
 class _Reader(_Emitter):
@@ -265,34 +375,37 @@ class _Reader(_Emitter):
         ), self.constants
 
     def long(self, depth: int, target: str) -> None:
-        """Read a zigzag varint into ``target``; the one-byte case inline."""
-        self.emit(depth, f"{target} = b[p]")
-        self.emit(depth, f"if {target} < 128:")
-        self.emit(depth + 1, f"{target} = ({target} >> 1) ^ -({target} & 1)")
-        self.emit(depth + 1, "p += 1")
-        self.emit(depth, "else:")
-        self.emit(depth + 1, f"{target}, p = _read_long(b, p)")
+        """Read a zigzag varint into ``target``, longer ones inline too."""
+        emit = self.emit
+        emit(depth, f"{target} = b[p]")
+        emit(depth, "p += 1")
+        emit(depth, f"if {target} > 127:")
+        emit(depth + 1, f"{target} &= 127")
+        emit(depth + 1, "shift = 7")
+        emit(depth + 1, "while True:")
+        emit(depth + 2, "byte = b[p]")
+        emit(depth + 2, "p += 1")
+        emit(depth + 2, f"{target} |= (byte & 127) << shift")
+        emit(depth + 2, "if byte < 128:")
+        emit(depth + 3, "break")
+        emit(depth + 2, "shift += 7")
+        emit(depth + 2, "if shift > 63:")
+        emit(depth + 3, "raise ValueError('varint longer than 10 bytes')")
+        emit(depth, f"{target} = ({target} >> 1) ^ -({target} & 1)")
 
     def sized(self, depth: int, target: str, suffix: str) -> None:
         """Read a length-prefixed byte string into ``target`` (``slice`` + ``suffix``)."""
         n = self.fresh("n")
-        self.emit(depth, f"{n} = b[p]")
-        self.emit(depth, f"if {n} < 128 and not {n} & 1:")  # one byte, non-negative
-        self.emit(depth + 1, f"{n} >>= 1")
-        self.emit(depth + 1, "p += 1")
-        self.emit(depth, "else:")
-        self.emit(depth + 1, f"{n}, p = _read_long(b, p)")
-        self.emit(depth + 1, f"if {n} < 0:")
-        self.emit(depth + 2, "raise ValueError('negative length')")
-        self.emit(depth, f"{target} = b[p:p + {n}]{suffix}")
-        self.emit(depth, f"p += {n}")
+        self.emit(depth, f"{n} = _SIZE[b[p]]")
+        self.emit(depth, "p += 1")
+        self.emit(depth, f"if {n} < 0:")
+        self.emit(depth + 1, f"{n}, p = _read_size(b, p - 1)")
+        self.emit(depth, f"{target} = b[p:(p := p + {n})]{suffix}")
 
     def value(self, schema: Any, depth: int) -> str:
-        schema = self.named.get(schema, schema) if isinstance(schema, str) else schema
-        if isinstance(schema, list):
+        schema, kind, logical = self.resolve(schema)
+        if kind == "union":
             return self.union(schema, depth)
-        kind = schema if isinstance(schema, str) else schema["type"]
-        logical = None if isinstance(schema, str) else schema.get("logicalType")
         v = self.fresh("v")
         if kind == "record":
             fields = [f"{f['name']!r}: {self.value(f['type'], depth)}" for f in schema["fields"]]
@@ -313,12 +426,7 @@ class _Reader(_Emitter):
         elif kind == "bytes":
             self.sized(depth, v, "")
         elif kind == "enum":
-            symbols = self.fresh("_symbols")
-            self.constants[symbols] = tuple(schema["symbols"])
-            self.long(depth, v)
-            self.emit(depth, f"if not 0 <= {v} < {len(schema['symbols'])}:")
-            self.emit(depth + 1, f"raise ValueError(f'enum index {{{v}}} does not exist')")
-            self.emit(depth, f"{v} = {symbols}[{v}]")
+            self.enum(schema, v, depth)
         elif kind == "fixed":
             size = schema["size"]
             self.emit(depth, f"{v} = b[p:p + {size}]")
@@ -327,27 +435,38 @@ class _Reader(_Emitter):
             self.array(schema, v, depth)
         else:
             raise Unsupported(kind)
-        if logical not in (None, "uuid", "timestamp-micros"):
-            raise Unsupported(logical)
         if self.logical and logical == "uuid":
             self.emit(depth, f"{v} = _UUID({v})")
         elif self.logical and logical == "timestamp-micros":
-            self.emit(depth, f"{v} = _EPOCH + _timedelta(microseconds={v})")
+            self.emit(depth, f"{v} = _EPOCH + _timedelta(0, 0, {v})")
         return v
 
+    def enum(self, schema: dict[str, Any], v: str, depth: int) -> None:
+        symbols = tuple(schema["symbols"])
+        by_byte = tuple(  # first byte -> symbol when that byte alone is a valid index
+            symbols[byte >> 1]
+            if byte < 0x80 and not byte & 1 and byte >> 1 < len(symbols)
+            else None
+            for byte in range(256)
+        )
+        self.emit(depth, f"{v} = {self.constant('_symbol', by_byte)}[b[p]]")
+        self.emit(depth, "p += 1")
+        self.emit(depth, f"if {v} is None:")
+        symbols_name = self.constant("_symbols", symbols)
+        self.emit(depth + 1, f"{v}, p = _read_symbol(b, p - 1, {symbols_name})")
+
     def union(self, branches: list[Any], depth: int) -> str:
-        if len(branches) != 2 or "null" not in branches:
-            raise Unsupported("only [null, T] unions are compiled")
-        null_index = branches.index("null")
+        null_index, other = _nullable(branches)
         v, branch = self.fresh("v"), self.fresh("i")
-        self.long(depth, branch)
-        self.emit(depth, f"if {branch} == {null_index}:")
+        self.emit(depth, f"{branch} = b[p]")
+        self.emit(depth, "p += 1")
+        self.emit(depth, f"if {branch} == {null_index << 1}:")
         self.emit(depth + 1, f"{v} = None")
-        self.emit(depth, f"elif {branch} == {1 - null_index}:")
-        inner = self.value(branches[1 - null_index], depth + 1)
+        self.emit(depth, f"elif {branch} == {(1 - null_index) << 1}:")
+        inner = self.value(other, depth + 1)
         self.emit(depth + 1, f"{v} = {inner}")
         self.emit(depth, "else:")
-        self.emit(depth + 1, f"raise ValueError(f'union branch {{{branch}}} does not exist')")
+        self.emit(depth + 1, "raise _bad_branch(b, p - 1)")
         return v
 
     def array(self, schema: dict[str, Any], v: str, depth: int) -> None:

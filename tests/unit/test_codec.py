@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 from types import SimpleNamespace
 from typing import Any
 
@@ -164,3 +165,91 @@ def test_corrupt_input_raises(data: bytes, message: str) -> None:
 def test_unsupported_schemas_fall_back_to_fastavro(field_type: Any) -> None:
     schema = {"type": "record", "name": "R", "fields": [{"name": "x", "type": field_type}]}
     assert compile_codec(parsed(schema)) is None
+
+
+WIDE_ENUM = [f"S{i}" for i in range(70)]  # indexes from 64 take two bytes
+SIZES = {
+    "type": "record",
+    "name": "Sizes",
+    "fields": [
+        {"name": "n", "type": "long"},
+        {"name": "text", "type": "string"},
+        {"name": "blob", "type": "bytes"},
+        {"name": "pick", "type": {"type": "enum", "name": "Wide", "symbols": WIDE_ENUM}},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("n", "text", "blob", "pick"),
+    [
+        (-65, "a" * 63, b"\x00" * 63, "S63"),  # last one-byte sizes and indexes
+        (-64, "a" * 64, b"\xff" * 64, "S64"),  # first two-byte ones
+        (8191, "é" * 31, b"", "S69"),  # 62 bytes of UTF-8: the slow path, still one byte
+        (8192, "é" * 32, b"x" * 8192, "S0"),
+        (2**21 - 1, "a" * 8191 + "é", b"x" * 8191, "S1"),
+        (2**21, "a" * 8192, b"", "S2"),
+        (2**49 + 12345, "日本語", b"", "S3"),  # a timestamp's width
+        (-(2**40), "\U0001f600", b"", "S4"),
+    ],
+)
+def test_varint_boundaries_match_fastavro(n: int, text: str, blob: bytes, pick: str) -> None:
+    record = {"n": n, "text": text, "blob": blob, "pick": pick}
+    codec = codec_for(SIZES)
+    expected = fastavro_bytes(parsed(SIZES), record)
+    assert codec.encode(SimpleNamespace(**record)) == expected
+    assert codec.decode(expected, 0) == (record, len(expected))
+
+
+def test_longs_sharing_high_bits_are_written_exactly() -> None:
+    """Beyond 21 bits a long's high part comes from a cache: it must never be stale."""
+    schema = {"type": "record", "name": "R", "fields": [{"name": "n", "type": "long"}]}
+    codec = codec_for(schema)
+    base = 1_763_870_000_000_000  # microseconds in 2025
+    values = [base + step for step in (0, 1, 2**20, 2**21 - 1, 2**21, 2**35, -(2**22))]
+    values += [-value for value in values]
+    for value in values * 2:  # twice: the second round reads the cache
+        expected = fastavro_bytes(parsed(schema), {"n": value})
+        assert codec.encode(SimpleNamespace(n=value)) == expected
+        assert codec.decode(expected, 0) == ({"n": value}, len(expected))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x80\x01", "enum index 64 does not exist"),  # two-byte index, past the 2 symbols
+        (b"\x81\x01", "enum index -65 does not exist"),
+        (b"\xff" * 10 + b"\x01", "varint longer than 10 bytes"),
+    ],
+)
+def test_far_enum_indexes_and_endless_varints_are_refused(data: bytes, message: str) -> None:
+    codec = codec_for(
+        {
+            "type": "record",
+            "name": "R",
+            "fields": [{"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["A", "B"]}}],
+        }
+    )
+    with pytest.raises(ValueError, match=message):
+        codec.decode(data, 0)
+
+
+def test_an_endless_long_is_refused() -> None:
+    codec = codec_for({"type": "record", "name": "R", "fields": [{"name": "n", "type": "long"}]})
+    assert codec.decode(b"\xff" * 9 + b"\x01", 0)[1] == 10, "ten bytes is the most a long takes"
+    with pytest.raises(ValueError, match="varint longer than 10 bytes"):
+        codec.decode(b"\xff" * 10 + b"\x01", 0)
+
+
+def test_uuids_are_written_as_their_text_whether_object_or_string() -> None:
+    schema = {
+        "type": "record",
+        "name": "R",
+        "fields": [{"name": "id", "type": {"type": "string", "logicalType": "uuid"}}],
+    }
+    codec = codec_for(schema)
+    for value in (uuid.UUID(int=0), uuid.uuid4(), uuid.UUID(int=2**128 - 1)):
+        expected = fastavro_bytes(parsed(schema), {"id": value})
+        assert codec.encode(SimpleNamespace(id=value)) == expected
+        assert codec.encode(SimpleNamespace(id=str(value))) == expected
+        assert codec.decode(expected, 0) == ({"id": value}, len(expected))
