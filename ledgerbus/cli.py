@@ -23,6 +23,7 @@ from ledgerbus.commands.db import db
 from ledgerbus.commands.projections import projections
 from ledgerbus.commands.replay import replay
 from ledgerbus.commands.streams import streams
+from ledgerbus.commands.webhooks import webhooks
 
 
 @click.group()
@@ -210,3 +211,4 @@ main.add_command(projections)
 main.add_command(replay)
 main.add_command(audit)
 main.add_command(streams)
+main.add_command(webhooks)

@@ -11,12 +11,14 @@ from event_store.projections import Projection
 from streams.approval_processor import ApprovalProcessor
 from streams.budget_processor import BudgetProcessor
 from streams.processor import Processor
+from streams.webhooks.processor import WebhookProcessor
 
 
 def processors() -> list[Processor]:
     return [
         ApprovalProcessor(),
         BudgetProcessor(),
+        WebhookProcessor(),
     ]
 
 

@@ -196,7 +196,7 @@ async def test_unknown_projection_names_the_known_ones(
     result = await run_cli(["projections", "rebuild", "budget"], env)
     assert result.returncode == 2
     assert "error: unknown projection 'budget'; known: " in result.stderr
-    for name in ("approvals", "budgets", "event_counts"):
+    for name in ("approvals", "budgets", "event_counts", "webhook_subscriptions"):
         assert name in result.stderr
 
 
