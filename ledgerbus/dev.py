@@ -91,14 +91,24 @@ def build_supervisor(
     # can hang for minutes trying to leave the group; the stream processors are
     # built to survive SIGKILL (decisions are idempotent), so they get that.
     stage3: list[Service] = []
-    for name, death_signal in (("archiver", signal.SIGTERM), ("streams", signal.SIGKILL)):
+    # Dev receivers run on this machine: let webhooks reach loopback (production
+    # keeps the SSRF guard's default of refusing it) unless the user chose.
+    loopback = {"LEDGERBUS_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128"}
+    for name, death_signal, extra_env in (
+        ("archiver", signal.SIGTERM, {}),
+        (
+            "streams",
+            signal.SIGKILL,
+            {} if "LEDGERBUS_WEBHOOK_ALLOWED_NETWORKS" in os.environ else loopback,
+        ),
+    ):
         metrics_port = free_port()
         stage3.append(
             ledgerbus_process(
                 name,
                 [name, "--metrics-port", str(metrics_port)],
                 endpoints=endpoints,
-                extra_env={},
+                extra_env=extra_env,
                 url=f"http://127.0.0.1:{metrics_port}",
                 ready_path="/metrics",
                 log_dir=data_dir / "logs",

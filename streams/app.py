@@ -69,6 +69,8 @@ class StreamsApp(faust.App):
 
 def create_app(config: StreamsConfig) -> faust.App:
     """A faust app tuned for the embedded broker and for at-least-once processing."""
+    # faust creates its folder without parents: a first start on a fresh data dir failed.
+    (config.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     return StreamsApp(
         config.app_id,
         broker=f"kafka://{config.bootstrap}",

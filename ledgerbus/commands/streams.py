@@ -28,6 +28,7 @@ from schemas.serde import EventDeserializer, EventSerializer
 from streams import registry
 from streams.app import StreamsConfig
 from streams.context import StreamsContext
+from streams.webhooks.settings import WebhookSettingsError
 from streams.worker import build_worker
 
 log = logging.getLogger("ledgerbus.streams")
@@ -54,7 +55,7 @@ log = logging.getLogger("ledgerbus.streams")
     show_default=True,
     help="After SIGTERM, exit anyway if the graceful stop has not finished by then.",
 )
-@clear_errors(asyncpg.PostgresError, OSError, ValidationError)
+@clear_errors(asyncpg.PostgresError, OSError, ValidationError, WebhookSettingsError)
 def streams(
     metrics_port: int,
     metrics_host: str,

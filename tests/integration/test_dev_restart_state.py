@@ -1,4 +1,5 @@
-"""Restarting ``ledgerbus dev`` loses no budget, reservation or pending approval.
+"""Restarting ``ledgerbus dev`` loses no budget, reservation, pending approval,
+webhook subscription or pending webhook retry.
 
 The embedded broker forgets everything on restart, so this is the test that
 the state that decides lives in PostgreSQL: after the restart the budget
@@ -8,6 +9,7 @@ approval requested before it still finds it pending.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,14 +24,19 @@ from streams.budgets import budget_status
 from tests.support.archive import eventually
 from tests.support.cli import run_cli
 from tests.support.devproc import DevProcess
+from tests.support.receiver import Answer, serve_receiver
 
 TENANT = "acme"
 PROJECT = "website"
 
 
+#: Retries every 2 s for a minute: one is surely pending while dev restarts.
+FAST_RETRIES = {"LEDGERBUS_WEBHOOK_RETRY_SCHEDULE": ",".join(["2s"] * 30)}
+
+
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[DevProcess]:
-    process = DevProcess(tmp_path)
+    process = DevProcess(tmp_path, FAST_RETRIES)
     yield process
     if process.popen and process.popen.poll() is None:
         process.stop()
@@ -104,7 +111,7 @@ async def test_budgets_and_pending_approvals_survive_a_restart(
         await conn.close()
     assert dev.stop() == 0
 
-    again = DevProcess(tmp_path)
+    again = DevProcess(tmp_path, FAST_RETRIES)
     again.start()
     state = again.wait_ready()
     try:
@@ -146,3 +153,51 @@ async def test_budgets_and_pending_approvals_survive_a_restart(
             await conn.close()
     finally:
         assert again.stop() == 0
+
+
+async def test_a_pending_webhook_retry_survives_a_restart(dev: DevProcess, tmp_path: Path) -> None:
+    async with serve_receiver() as receiver:
+        receiver.answer("/hook", Answer(503), times=10_000)  # down until told otherwise
+        dev.start()
+        dev.wait_ready()
+        created = await run_cli(
+            [
+                "webhooks",
+                "create",
+                "--tenant",
+                TENANT,
+                "--url",
+                receiver.url("/hook"),
+                "--types",
+                "budget.*",
+            ],
+            # dev lets its worker deliver to loopback; the CLI checks URLs itself
+            {
+                "LEDGERBUS_DATA_DIR": str(dev.data_dir),
+                "LEDGERBUS_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+            },
+        )
+        assert created.returncode == 0, created.stderr
+        secret = json.loads(created.stdout)["secret"]
+        receiver.expect("/hook", secret)
+
+        async def failing() -> bool:
+            await publish(dev, "budget.set", PROJECT, {"project_id": PROJECT, "amount_micros": 5})
+            await asyncio.sleep(1)
+            return bool(receiver.received("/hook"))
+
+        await eventually(failing, timeout=60, interval=0.5)
+        first = receiver.received("/hook")[0]
+        assert dev.stop() == 0
+
+        receiver.heal("/hook")
+        again = DevProcess(tmp_path, FAST_RETRIES)
+        again.start()
+        again.wait_ready()
+        try:
+            await eventually(
+                lambda: any(r.webhook_id == first.webhook_id for r in receiver.delivered("/hook")),
+                timeout=60,
+            )
+        finally:
+            assert again.stop() == 0
