@@ -16,6 +16,7 @@ from schemas.catalog import default_catalog
 from schemas.registry_client import RegistryClient
 from schemas.serde import EventSerializer
 from tests.conftest import Isolation, StackUnderTest
+from tests.support.receiver import Receiver, serve_receiver
 
 CATALOG = default_catalog()
 
@@ -54,3 +55,10 @@ async def db_pool(isolation: Isolation) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 def event_store(db_pool: asyncpg.Pool) -> EventStore:
     return EventStore(db_pool)
+
+
+@pytest.fixture(scope="module")
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver over real HTTP, shared by one test module."""
+    async with serve_receiver() as running:
+        yield running

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import StackUnderTest
 from tests.support.archive import eventually
 from tests.support.pipeline import Pipeline, open_pipeline
-from tests.support.receiver import Answer, Receiver, serve_receiver
+from tests.support.receiver import Answer, Receiver
 from tests.support.webhooks import (
     ALLOW_LOOPBACK,
     FAST_RETRIES,
@@ -27,12 +27,6 @@ async def pipeline(
     async with open_pipeline(
         stack, registry_url, tmp_path_factory.mktemp("guard"), workers=0, extra_env=FAST_RETRIES
     ) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def receiver() -> AsyncIterator[Receiver]:
-    async with serve_receiver() as running:
         yield running
 
 

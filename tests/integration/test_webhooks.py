@@ -22,7 +22,7 @@ from tests.conftest import StackUnderTest
 from tests.support.archive import eventually
 from tests.support.cli import run_cli
 from tests.support.pipeline import Pipeline, open_pipeline
-from tests.support.receiver import Answer, Receiver, serve_receiver
+from tests.support.receiver import Answer, Receiver
 from tests.support.webhooks import (
     ALLOW_LOOPBACK,
     FAST_RETRIES,
@@ -46,12 +46,6 @@ async def pipeline(
     async with open_pipeline(
         stack, registry_url, tmp_path_factory.mktemp("webhooks"), extra_env=env
     ) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def receiver() -> AsyncIterator[Receiver]:
-    async with serve_receiver() as running:
         yield running
 
 
