@@ -24,30 +24,11 @@ from schemas.models import Envelope
 from schemas.registry_client import RegistryClient
 from schemas.serde import EventDeserializer, EventSerializer
 from tests.conftest import Isolation, StackUnderTest
+from tests.support.costs import cost_event
 from tests.support.kafka import read_all
 
 CATALOG = default_catalog()
 COSTS = CATALOG.get("cost.recorded")
-
-
-def cost_event(tenant: str, subject: str, seq: int, cost: int = 10) -> Envelope[Any]:
-    return build_event(
-        COSTS,
-        subject=subject,
-        tenant_id=tenant,
-        source="test",
-        data={
-            "run_id": subject,
-            "project_id": "proj-1",
-            "agent_name": "developer",
-            "provider": "openai",
-            "model": "gpt-4o-mini",
-            "input_tokens": seq,
-            "output_tokens": 5,
-            "cost_micros": cost,
-            "latency_ms": 12,
-        },
-    )
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from schemas.catalog import default_catalog
 from schemas.registry_client import RegistryClient
 from schemas.serde import EventSerializer
 from tests.conftest import Isolation, StackUnderTest
-from tests.integration.test_bus import cost_event
+from tests.support.costs import cost_event
 
 pytestmark = pytest.mark.slow
 EVENTS = 600

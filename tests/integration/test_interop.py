@@ -28,7 +28,8 @@ from schemas.models import Envelope
 from schemas.registry_client import RegistryClient
 from schemas.serde import EventDeserializer
 from tests.conftest import Isolation, StackUnderTest
-from tests.integration.test_bus import consume_until, cost_event
+from tests.integration.test_bus import consume_until
+from tests.support.costs import cost_event
 
 CATALOG = default_catalog()
 COSTS = CATALOG.get("cost.recorded")

@@ -15,6 +15,7 @@ from schemas.registry_client import RegistryClient
 from schemas.serde import EventDeserializer, EventSerializer, kafka_timestamp_ms
 from tests.conftest import Isolation, StackUnderTest
 from tests.support.archive import eventually
+from tests.support.costs import cost_event
 from tests.support.kafka import read_all
 
 CATALOG = default_catalog()
@@ -22,23 +23,7 @@ COSTS = CATALOG.get("cost.recorded")
 
 
 def cost(tenant: str, subject: str, seq: int) -> Envelope[Any]:
-    return build_event(
-        COSTS,
-        subject=subject,
-        tenant_id=tenant,
-        source="test",
-        data={
-            "run_id": subject,
-            "project_id": "proj-1",
-            "agent_name": "developer",
-            "provider": "openai",
-            "model": "gpt-4o-mini",
-            "input_tokens": seq,
-            "output_tokens": 5,
-            "cost_micros": 70_000 + seq,
-            "latency_ms": 12,
-        },
-    )
+    return cost_event(tenant, subject, seq, cost=70_000 + seq)
 
 
 async def assert_landed_where_reported(
