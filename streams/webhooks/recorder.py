@@ -104,6 +104,12 @@ class Recorder:
             "source_event_id": row.event_id,
             "source_event_type": row.event_type,
         }
+        this_attempt = {
+            **common,
+            "attempt": attempt,
+            "latency_ms": result.latency_ms,
+            "response_body": result.response_body,
+        }
         if result.succeeded:
             assert result.status_code is not None
             event = self._event(
@@ -111,13 +117,7 @@ class Recorder:
                 row,
                 f"attempt/{attempt}",
                 result.finished_at,
-                {
-                    **common,
-                    "attempt": attempt,
-                    "status_code": result.status_code,
-                    "latency_ms": result.latency_ms,
-                    "response_body": result.response_body,
-                },
+                {**this_attempt, "status_code": result.status_code},
             )
             return self._update(row, queue.SUCCEEDED, attempt, None, result), [event]
         wait = policy.next_wait(self.settings, attempt - row.round_start, result.retry_after)
@@ -129,12 +129,9 @@ class Recorder:
                 f"attempt/{attempt}",
                 result.finished_at,
                 {
-                    **common,
-                    "attempt": attempt,
+                    **this_attempt,
                     "status_code": result.status_code,
-                    "latency_ms": result.latency_ms,
                     "error": result.error,
-                    "response_body": result.response_body,
                     "next_attempt_at": next_at,
                 },
             )
