@@ -10,12 +10,15 @@ import pytest
 
 from event_store.migrate import migrate
 from event_store.store import EventStore
+from gateway.services import GatewayEndpoints
+from gateway.settings import GatewaySettings
 from producers.publisher import Publisher
 from producers.topics import ensure_topics
 from schemas.catalog import default_catalog
 from schemas.registry_client import RegistryClient
 from schemas.serde import EventSerializer
 from tests.conftest import Isolation, StackUnderTest
+from tests.support.gateway import RunningGateway, serve_gateway
 from tests.support.receiver import Receiver, serve_receiver
 
 CATALOG = default_catalog()
@@ -61,4 +64,21 @@ def event_store(db_pool: asyncpg.Pool) -> EventStore:
 async def receiver() -> AsyncIterator[Receiver]:
     """A webhook receiver over real HTTP, shared by one test module."""
     async with serve_receiver() as running:
+        yield running
+
+
+@pytest.fixture
+async def gateway(
+    stack: StackUnderTest, isolation: Isolation, registry_url: str
+) -> AsyncIterator[RunningGateway]:
+    """The real gateway over HTTP on the test's private database, topics and Redis keys."""
+    endpoints = GatewayEndpoints(
+        kafka_bootstrap=stack.endpoints.kafka_bootstrap,
+        database_url=isolation.database_url,
+        redis_url=stack.endpoints.redis_url,
+        schema_registry_url=registry_url,
+        topic_prefix=isolation.topic_prefix,
+    )
+    settings = GatewaySettings(redis_key_prefix=isolation.redis_prefix)
+    async with serve_gateway(endpoints, settings) as running:
         yield running

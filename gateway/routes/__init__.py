@@ -1,0 +1,1 @@
+"""One router per area of the public API, all under ``/v1``."""
