@@ -20,6 +20,7 @@ from ledgerbus.commands.archiver import archiver
 from ledgerbus.commands.audit import audit
 from ledgerbus.commands.common import clear_errors, settings
 from ledgerbus.commands.db import db
+from ledgerbus.commands.keys import keys
 from ledgerbus.commands.projections import projections
 from ledgerbus.commands.replay import replay
 from ledgerbus.commands.streams import streams
@@ -212,3 +213,4 @@ main.add_command(replay)
 main.add_command(audit)
 main.add_command(streams)
 main.add_command(webhooks)
+main.add_command(keys)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
+from ledgerbus.admin_key import TENANT as ADMIN_TENANT
+from ledgerbus.admin_key import ensure_admin_key, key_file
 from ledgerbus.discovery import state_file, write_state
 from ledgerbus.embedded.lock import DataDirLock
 from ledgerbus.embedded.ports import claim_port, free_port
@@ -162,11 +164,14 @@ async def _run_locked(settings: Settings, data_dir: Path) -> int:
         return 130
     starting.result()  # re-raise a start-up failure
     await ensure_topics(endpoints.kafka_bootstrap, settings.topic_prefix)
+    admin_key = await ensure_admin_key(endpoints.database_url, data_dir, tier="enterprise")
 
     pids = {service.name: service.pid for service in supervisor.services}
     write_state(data_dir, endpoints, gateway_url, pids)
     print(f"ready in {time.monotonic() - began:.2f}s", flush=True)
     print(f"Gateway:  {gateway_url}  (API docs {gateway_url}/docs)", flush=True)
+    print(f"Admin key (tenant {ADMIN_TENANT!r}, also in {key_file(data_dir)}):")
+    print(f"          {admin_key}")
     print(f"Metrics:  {gateway_url}/metrics, supervisor http://127.0.0.1:{metrics_port}/metrics")
     print(f"Logs:     {data_dir / 'logs'}")
     print("Press Ctrl-C to stop.", flush=True)

@@ -27,6 +27,13 @@ def descendants(pid: int) -> list[int]:
     return [child.pid for child in psutil.Process(pid).children(recursive=True)]
 
 
+def printed_admin_key(dev: DevProcess) -> str:
+    """The bootstrap admin key from ``ledgerbus dev``'s banner."""
+    lines = dev.output.splitlines()
+    heading = next(i for i, line in enumerate(lines) if line.startswith("Admin key"))
+    return lines[heading + 1].strip()
+
+
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[DevProcess]:
     process = DevProcess(tmp_path)
@@ -53,6 +60,11 @@ async def test_starts_answers_and_stops_leaving_nothing(dev: DevProcess) -> None
         }
         assert ready["components"]["postgres"]["endpoint"] == state["database_url"]
         assert (await client.get("/healthz")).json() == {"status": "ok"}
+        key = printed_admin_key(dev)
+        keys = await client.get("/v1/api-keys", headers={"Authorization": f"Bearer {key}"})
+        assert keys.status_code == 200, keys.text
+        assert [k["role"] for k in keys.json()] == ["admin"]
+        assert (dev.data_dir / "admin-api-key").stat().st_mode & 0o777 == 0o600
         metrics = (await client.get("/metrics")).text
         assert 'ledgerbus_http_requests_total{method="GET",route="/readyz",status="200"}' in metrics
 
@@ -79,12 +91,14 @@ async def test_postgres_and_redis_data_survive_restart(dev: DevProcess, tmp_path
     client = aioredis.from_url(state["redis_url"])
     await client.set("kept", "still here")
     await client.aclose()
+    first_key = printed_admin_key(dev)
     assert dev.stop() == 0
 
     again = DevProcess(tmp_path)
     again.start()
     state = again.wait_ready()
     try:
+        assert printed_admin_key(again) == first_key  # keys survive a restart
         conn = await asyncpg.connect(state["database_url"])
         assert await conn.fetchval("SELECT v FROM kept") == "still here"
         await conn.close()
