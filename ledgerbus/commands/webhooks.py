@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from datetime import UTC, datetime
 
 import asyncpg
@@ -20,17 +19,10 @@ from ledgerbus.bus import catalog_for, connect, publishing
 from ledgerbus.commands.common import clear_errors, settings
 from ledgerbus.commands.database import migrated_pool
 from ledgerbus.discovery import resolve_endpoints
-from producers.publisher import build_event
-from streams.webhooks import queue
-from streams.webhooks.processor import install
+from streams.webhooks import manage
 from streams.webhooks.settings import WebhookSettingsError, load_webhook_settings
-from streams.webhooks.signing import new_secret
 from streams.webhooks.ssrf import BlockedDestination, InvalidURL, SsrfGuard
-from streams.webhooks.subscriptions import WebhookSubscriptions, of_tenant
-
-
-class NothingToRedeliver(LookupError):
-    """The named delivery does not exist for the tenant, or has not failed."""
+from streams.webhooks.subscriptions import of_tenant
 
 
 def _timestamp(value: str) -> datetime:
@@ -64,40 +56,31 @@ def webhooks() -> None:
     help="Deliver strictly in order, holding later events while one fails.",
 )
 @click.option("--description", default=None, help="Free text shown in listings.")
-@clear_errors(InvalidURL, BlockedDestination, WebhookSettingsError)
+@clear_errors(InvalidURL, BlockedDestination, WebhookSettingsError, manage.InvalidSubscription)
 def create(
     tenant: str, url: str, types: tuple[str, ...], ordered: bool, description: str | None
 ) -> None:
     """Register an endpoint; prints its id and signing secret (shown only this once)."""
     config = settings()
     webhook_settings = load_webhook_settings()
-    if any(not pattern.strip() for pattern in types):
-        raise click.BadParameter("event type globs must not be empty", param_hint="--types")
-    webhook_id = f"wh_{uuid.uuid4().hex}"
-    secret = new_secret()
-    event = build_event(
-        catalog_for(config).get("webhook.subscribed"),
-        subject=webhook_id,
-        tenant_id=tenant,
-        data={
-            "webhook_id": webhook_id,
-            "url": url,
-            "event_types": list(types),
-            "secret": secret,
-            "ordered": ordered,
-            "description": description,
-        },
-        source="cli",
-    )
 
-    async def run() -> None:
-        guard = SsrfGuard(webhook_settings.allowed_networks, webhook_settings.allowed_hosts)
-        await guard.check(url)  # refuse now what every attempt would refuse later
+    async def run() -> dict[str, str]:
+        # Refuse now what every attempt would refuse later.
+        event = await manage.subscription(
+            catalog_for(config),
+            SsrfGuard(webhook_settings.allowed_networks, webhook_settings.allowed_hosts),
+            tenant_id=tenant,
+            url=url,
+            event_types=types,
+            ordered=ordered,
+            description=description,
+            source="cli",
+        )
         async with connect(config) as bus, publishing(bus, "cli") as publisher:
             await publisher.publish(event)
+        return {"webhook_id": event.data.webhook_id, "secret": event.data.secret}
 
-    asyncio.run(run())
-    click.echo(json.dumps({"webhook_id": webhook_id, "secret": secret}))
+    click.echo(json.dumps(asyncio.run(run())))
 
 
 @webhooks.command("list")
@@ -109,7 +92,7 @@ def list_webhooks(tenant: str) -> None:
 
     async def run() -> None:
         async with migrated_pool(database_url, 1) as pool, pool.acquire() as conn:
-            await install(conn, WebhookSubscriptions())
+            await manage.install(conn)
             for endpoint in await of_tenant(conn, tenant):
                 click.echo(
                     json.dumps(
@@ -136,7 +119,7 @@ def list_webhooks(tenant: str) -> None:
     default=None,
     help="Every failed or dead delivery whose last attempt was at or after this ISO time.",
 )
-@clear_errors(NothingToRedeliver, asyncpg.PostgresError, OSError)
+@clear_errors(manage.NothingToRedeliver, asyncpg.PostgresError, OSError)
 def redeliver(tenant: str, delivery: str | None, failed_since: str | None) -> None:
     """Queue failed or dead deliveries again, due now; prints how many."""
     if (delivery is None) == (failed_since is None):
@@ -146,14 +129,7 @@ def redeliver(tenant: str, delivery: str | None, failed_since: str | None) -> No
 
     async def run() -> int:
         async with migrated_pool(database_url, 1) as pool, pool.acquire() as conn:
-            await install(conn, WebhookSubscriptions())
-            return await queue.redeliver(
-                conn, tenant, datetime.now(UTC), delivery=delivery, failed_since=since
-            )
+            await manage.install(conn)
+            return await manage.redeliver(conn, tenant, delivery=delivery, failed_since=since)
 
-    count = asyncio.run(run())
-    if delivery is not None and count == 0:
-        raise NothingToRedeliver(
-            f"delivery {delivery} of tenant {tenant} does not exist or has not failed"
-        )
-    click.echo(f"re-queued {count} deliveries")
+    click.echo(f"re-queued {asyncio.run(run())} deliveries")

@@ -5,19 +5,21 @@
 latest event by (attempt number, kind): a failure, then its dead letter, then
 a success rank in that order for the same attempt. Only the events decide
 the rows, never the order they are applied in, so the runner, a rebuild and
-any replay agree. ``list_deliveries`` and ``attempts_of`` are what the
-gateway's delivery-log endpoints read.
+any replay agree. ``list_deliveries``, ``get_delivery`` and ``attempts_of`` are
+what the gateway's delivery-log endpoints read.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from event_store.migrate import Connection
 from event_store.projections import ProjectedEvent, Projection
+from event_store.store import glob_to_like
 from schemas.models.webhook import WebhookDeliveryDeadLettered, WebhookDeliveryFailed
 from streams.webhooks.storable import storable
 
@@ -163,28 +165,48 @@ async def list_deliveries(
     status: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    event_types: Sequence[str] = (),
+    after: tuple[datetime, str] | None = None,
     limit: int = 100,
 ) -> list[Delivery]:
-    """A webhook's deliveries, latest attempt first, optionally by status and by the
-    time of the latest attempt (``since`` inclusive, ``until`` exclusive)."""
+    """A webhook's deliveries, latest attempt first, optionally by status, by the
+    time of the latest attempt (``since`` inclusive, ``until`` exclusive) and by
+    source event type (globs). ``after`` is the (last attempt, delivery id) of the
+    last delivery of the previous page: the page continues after it."""
     if status is not None and status not in STATUSES:
         raise ValueError(f"unknown delivery status {status!r}; known: {', '.join(STATUSES)}")
+    after_at, after_id = after if after is not None else (None, None)
     rows = await conn.fetch(
         """
         SELECT * FROM webhook_deliveries
         WHERE tenant_id = $1 AND webhook_id = $2 AND ($3::text IS NULL OR status = $3)
           AND ($4::timestamptz IS NULL OR last_attempt_at >= $4)
           AND ($5::timestamptz IS NULL OR last_attempt_at < $5)
-        ORDER BY last_attempt_at DESC, delivery_id LIMIT $6
+          AND (cardinality($6::text[]) = 0 OR source_event_type LIKE ANY($6::text[]))
+          AND ($7::timestamptz IS NULL OR (last_attempt_at, delivery_id) < ($7, $8::text))
+        ORDER BY last_attempt_at DESC, delivery_id DESC LIMIT $9
         """,
         tenant_id,
         webhook_id,
         status,
         since,
         until,
+        [glob_to_like(pattern) for pattern in event_types],
+        after_at,
+        after_id,
         limit,
     )
     return [_delivery(row) for row in rows]
+
+
+async def get_delivery(conn: Connection, tenant_id: str, delivery_id: str) -> Delivery | None:
+    """One delivery of a tenant as the log shows it, or None."""
+    row = await conn.fetchrow(
+        "SELECT * FROM webhook_deliveries WHERE tenant_id = $1 AND delivery_id = $2",
+        tenant_id,
+        delivery_id,
+    )
+    return None if row is None else _delivery(row)
 
 
 async def attempts_of(conn: Connection, tenant_id: str, delivery_id: str) -> list[Attempt]:

@@ -1,14 +1,14 @@
 """The dispatcher: claims due deliveries, POSTs them, hands the outcomes to the recorder.
 
-One per worker, with one pooled ``httpx.AsyncClient`` (keep-alive, redirects
-never followed, proxies from the environment ignored so the SSRF guard's
-checked address is the one connected to). It wakes at once when this worker
-enqueues (``wake``), records, or frees a slot of a full endpoint, and
-otherwise looks for due work every ``poll_interval``, which is how retries
-enqueued or left behind by other and dead workers are picked up. Claims are
-bounded per worker (``max_in_flight``) and per endpoint (``concurrency``,
-counted across workers by the queue; an attempt that has its answer no longer
-holds a slot while its outcome waits to be committed).
+One per worker, with one pooled client; each attempt is one
+``streams.webhooks.sending.send`` (SSRF-checked, signed, pinned to the checked
+address). It wakes at once when this worker enqueues (``wake``), records, or
+frees a slot of a full endpoint, and otherwise looks for due work every
+``poll_interval``, which is how retries enqueued or left behind by other and
+dead workers are picked up. Claims are bounded per worker (``max_in_flight``)
+and per endpoint (``concurrency``, counted across workers by the queue; an
+attempt that has its answer no longer holds a slot while its outcome waits to
+be committed).
 
 Recording runs beside the claiming, and announcing beside the recording:
 outcomes collect while one batch is being committed, so under load each
@@ -20,12 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 
@@ -33,16 +31,13 @@ from streams.context import TRANSIENT, StreamsContext
 from streams.webhooks import housekeeping, queue
 from streams.webhooks.announcer import Announcer
 from streams.webhooks.metrics import ERRORS
-from streams.webhooks.payload import CONTENT_TYPE
-from streams.webhooks.policy import RETRY_AFTER_STATUSES, Result, retry_after
 from streams.webhooks.recorder import NAME, Outcome, Recorder
+from streams.webhooks.sending import Signed, http_client, send
 from streams.webhooks.settings import WebhookSettings
-from streams.webhooks.signing import signature_headers
-from streams.webhooks.ssrf import BlockedDestination, Destination, InvalidURL, SsrfGuard
+from streams.webhooks.ssrf import SsrfGuard
 
 log = logging.getLogger("ledgerbus.webhooks")
 
-USER_AGENT = "ledgerbus-webhooks/1"
 #: Outcomes recorded per transaction at most.
 RECORD_BATCH = 1000
 #: A stopping worker waits this long to record what it has before giving leases back.
@@ -74,17 +69,7 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self) -> None:
-        limits = httpx.Limits(
-            max_connections=self.settings.max_in_flight,
-            max_keepalive_connections=self.settings.max_in_flight,
-        )
-        async with httpx.AsyncClient(
-            follow_redirects=False,
-            timeout=httpx.Timeout(self.settings.timeout),
-            limits=limits,
-            trust_env=False,
-            headers={"user-agent": USER_AGENT},
-        ) as client:
+        async with http_client(self.settings, self.settings.max_in_flight) as client:
             helpers = [
                 asyncio.create_task(self._record_forever()),
                 asyncio.create_task(self.announcer.run()),
@@ -151,53 +136,8 @@ class Dispatcher:
 
     async def _attempt(self, client: httpx.AsyncClient, claim: queue.Claim) -> Outcome:
         """POST once; never raises: every failure becomes the attempt's error."""
-        began = time.perf_counter()
-        fields: dict[str, Any] = {"status_code": None}
-        try:
-            async with asyncio.timeout(self.settings.timeout):
-                destination = await self.guard.check(claim.url)
-                fields = await self._post(client, claim, destination)
-        except (BlockedDestination, InvalidURL) as exc:
-            fields["error"] = str(exc)
-        except TimeoutError:
-            fields["error"] = f"timed out after {self.settings.timeout:g}s"
-        except httpx.HTTPError as exc:
-            fields["error"] = f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
-        except Exception as exc:  # a bug: count it, and let the schedule retry
-            ERRORS.labels("attempt").inc()
-            log.exception("webhook attempt %s failed unexpectedly", claim.delivery_id)
-            fields["error"] = f"internal error: {exc!r}"
-        latency_ms = round((time.perf_counter() - began) * 1000)
-        return Outcome(claim, Result(latency_ms=latency_ms, finished_at=now(), **fields))
-
-    async def _post(
-        self, client: httpx.AsyncClient, claim: queue.Claim, destination: Destination
-    ) -> dict[str, Any]:
-        headers = {
-            "content-type": CONTENT_TYPE,
-            **signature_headers(claim.secret, claim.delivery_id, claim.body, now()),
-        }
-        url, extensions = claim.url, {}
-        if destination.host != str(destination.address):  # connect to the checked address
-            url = destination.pinned_url
-            headers["host"] = httpx.URL(claim.url).netloc.decode()
-            extensions["sni_hostname"] = destination.host
-        request = client.build_request(
-            "POST", url, content=claim.body.encode(), headers=headers, extensions=extensions
-        )
-        response = await client.send(request, stream=True)
-        try:
-            body = await _read_start(response.aiter_bytes(), self.settings.max_response_body)
-        finally:
-            await response.aclose()
-        asked = None
-        if response.status_code in RETRY_AFTER_STATUSES:
-            asked = retry_after(response.headers.get("retry-after"), now())
-        return {
-            "status_code": response.status_code,
-            "response_body": body,
-            "retry_after": asked,
-        }
+        signed = Signed(claim.url, claim.secret, claim.delivery_id, claim.body)
+        return Outcome(claim, await send(client, self.guard, self.settings, signed))
 
     # -- recording ----------------------------------------------------------------
 
@@ -243,18 +183,6 @@ class Dispatcher:
                         await queue.release(conn, _tokens(unfinished), now())
         except Exception as exc:
             log.warning("%s: stopping with leases held (%r); they will be retaken", NAME, exc)
-
-
-async def _read_start(chunks: AsyncIterator[bytes], limit: int) -> str | None:
-    """The first ``limit`` characters of a response body (the rest is not read)."""
-    if limit == 0:
-        return None
-    kept = bytearray()
-    async for chunk in chunks:
-        kept += chunk
-        if len(kept) >= limit * 4:  # enough bytes for ``limit`` UTF-8 characters
-            break
-    return kept.decode(errors="replace")[:limit] if kept else None
 
 
 def _tokens(claims: Iterable[queue.Claim]) -> list[uuid.UUID]:

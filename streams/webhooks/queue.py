@@ -292,9 +292,11 @@ async def redeliver(
     *,
     delivery: str | None = None,
     failed_since: datetime | None = None,
+    webhook_id: str | None = None,
 ) -> int:
     """Start a new round of attempts, due now, for a tenant's failed or dead deliveries
-    (one, or all whose last attempt was at or after ``failed_since``); returns how many."""
+    (one, or all whose last attempt was at or after ``failed_since``; of one endpoint
+    if ``webhook_id`` is given); returns how many."""
     status = await conn.execute(
         f"""
         UPDATE webhook_queue SET status = '{PENDING}', next_attempt_at = $2,
@@ -302,13 +304,25 @@ async def redeliver(
         WHERE tenant_id = $1 AND status IN ('{FAILED}', '{DEAD}')
           AND ($3::text IS NULL OR delivery_id = $3)
           AND ($4::timestamptz IS NULL OR last_attempt_at >= $4)
+          AND ($5::text IS NULL OR webhook_id = $5)
         """,
         tenant_id,
         now,
         delivery,
         failed_since,
+        webhook_id,
     )
     return int(status.split()[-1])
+
+
+async def status_of(conn: Connection, tenant_id: str, delivery: str) -> tuple[str, str] | None:
+    """(webhook id, status) of a tenant's queued delivery, or None if it is not queued."""
+    row = await conn.fetchrow(
+        "SELECT webhook_id, status FROM webhook_queue WHERE tenant_id = $1 AND delivery_id = $2",
+        tenant_id,
+        delivery,
+    )
+    return None if row is None else (row["webhook_id"], row["status"])
 
 
 async def depth(conn: Connection) -> dict[str, int]:

@@ -128,6 +128,8 @@ async def _resolve(host: str, port: int) -> list[Address]:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise BlockedDestination(f"cannot resolve {host}: {exc.strerror}") from None
+    except UnicodeError:  # IDNA: an empty or over-long label
+        raise InvalidURL(f"{host!r} is not a valid host name") from None
     addresses = list(dict.fromkeys(ip_address(info[4][0]) for info in infos))
     if not addresses:
         raise BlockedDestination(f"{host} resolves to no address")
