@@ -75,7 +75,7 @@ def zone(name: str | None) -> tzinfo:
         return UTC
     try:
         return ZoneInfo(name)
-    except (ValueError, LookupError) as exc:  # ZoneInfoNotFoundError is a KeyError
+    except (ValueError, LookupError, OSError) as exc:  # not found: KeyError; "Europe": a dir
         raise InvalidBudget("unknown_timezone", f"unknown timezone {name!r}") from exc
 
 

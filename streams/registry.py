@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from event_store.projection_counts import EventCounts
 from event_store.projections import Projection
+from streams.agent_directory import AgentDirectory
 from streams.approval_processor import ApprovalProcessor
 from streams.budget_processor import BudgetProcessor
 from streams.processor import Processor
@@ -24,4 +25,8 @@ def processors() -> list[Processor]:
 
 def projections() -> list[Projection]:
     """Every projection, the processors' ones included (names are unique)."""
-    return [EventCounts(), *(p for processor in processors() for p in processor.projections)]
+    return [
+        EventCounts(),
+        AgentDirectory(),
+        *(p for processor in processors() for p in processor.projections),
+    ]
