@@ -14,8 +14,15 @@ from gateway.metrics import MetricsMiddleware
 from gateway.problems import install_problem_handlers
 from gateway.registry import registry_router
 from gateway.request_log import RequestLogMiddleware
+from gateway.routes.agents import agents_router
 from gateway.routes.api_keys import api_keys_router
+from gateway.routes.approvals import approvals_router
+from gateway.routes.audit import audit_router
+from gateway.routes.budgets import budgets_router
+from gateway.routes.events import events_router
+from gateway.routes.webhooks import webhooks_router
 from gateway.services import GatewayServices
+from gateway.streams.routes import streams_router
 
 #: Where the schema registry API lives when this gateway serves it.
 REGISTRY_PREFIX = "/registry"
@@ -47,6 +54,13 @@ def create_app(
     if services is not None:
         app.state.services = services
         app.include_router(api_keys_router())
+        app.include_router(webhooks_router())
+        app.include_router(audit_router())
+        app.include_router(budgets_router())
+        app.include_router(approvals_router())
+        app.include_router(agents_router())
+        app.include_router(events_router())
+        app.include_router(streams_router())
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)
     async def metrics() -> Response:

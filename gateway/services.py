@@ -20,11 +20,13 @@ from gateway.auth.api_keys import ApiKeyStore
 from gateway.auth.tokens import TokenVerifier
 from gateway.rate_limits import RateLimiter
 from gateway.settings import GatewaySettings
+from gateway.streams.hub import StreamHub
 from producers.publisher import Publisher
 from producers.topics import ensure_topics
 from schemas.catalog import EventCatalog
 from schemas.registry_client import RegistryClient
 from schemas.serde import EventDeserializer, EventSerializer
+from schemas.topics import TOPICS, physical_name
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class GatewayServices:
     keys: ApiKeyStore
     tokens: TokenVerifier
     limiter: RateLimiter
+    hub: StreamHub
 
 
 def get_services(request: Request) -> GatewayServices:
@@ -75,21 +78,33 @@ async def open_services(
         serializer = EventSerializer(catalog, registry, endpoints.topic_prefix)
         await ensure_topics(endpoints.kafka_bootstrap, endpoints.topic_prefix)
         publisher = await stack.enter_async_context(
-            Publisher(endpoints.kafka_bootstrap, serializer, source="gateway")
+            # A request waits for its event's acknowledgement: linger 1 ms, not the
+            # default 5, keeps p50 down; under load, batches still form.
+            Publisher(endpoints.kafka_bootstrap, serializer, source="gateway", linger_ms=1)
         )
         client = aioredis.from_url(
             endpoints.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
         )
         stack.push_async_callback(client.aclose)
+        deserializer = EventDeserializer(catalog, registry)
+        hub = StreamHub(
+            endpoints.kafka_bootstrap,
+            [physical_name(topic, endpoints.topic_prefix) for topic in TOPICS.values()],
+            deserializer,
+            ring_events=settings.stream_ring_events,
+        )
+        await hub.start()
+        stack.push_async_callback(hub.stop)
         yield GatewayServices(
             settings=settings,
             endpoints=endpoints,
             catalog=catalog,
             pool=pool,
             publisher=publisher,
-            deserializer=EventDeserializer(catalog, registry),
+            deserializer=deserializer,
             redis=client,
             keys=ApiKeyStore(pool),
             tokens=TokenVerifier(settings),
             limiter=RateLimiter(endpoints.redis_url, settings),
+            hub=hub,
         )

@@ -50,6 +50,19 @@ class GatewaySettings(BaseSettings):
         1000, ge=10, description="Events queued per subscriber before it is dropped"
     )
     stream_heartbeat_seconds: float = Field(15.0, gt=0, description="Idle keep-alive interval")
+    stream_ring_events: int = Field(
+        10_000, ge=0, description="Recent live events kept for resuming by event id (0 = none)"
+    )
+    stream_resume_wait_seconds: float = Field(
+        3.0, ge=0, le=30, description="How long a resume waits for its event to be archived"
+    )
+
+    data_dir: Path = Field(Path(".ledgerbus"), description="Data folder, as for the CLI")
+    audit_key_path: Path | None = Field(
+        None,
+        description="Audit Ed25519 key PEM (private or public) that checkpoints are checked "
+        "with; default <data_dir>/keys/audit_ed25519.pem, like `ledgerbus audit`",
+    )
 
 
 def load_gateway_settings(**overrides: object) -> GatewaySettings:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import asyncpg
 import uvicorn
 
@@ -63,7 +65,12 @@ async def serve(settings: Settings) -> None:
                 log_level="info",
                 log_config=None,
                 access_log=False,
+                # Open SSE streams never end by themselves: don't let them hold a stop.
+                timeout_graceful_shutdown=5,
             )
+            # Start-up objects (app, schemas, models) never die: keep the collector
+            # from walking them on every full collection (80-250 ms pauses measured).
+            gc.freeze()
             await uvicorn.Server(config).serve()
     finally:
         await pool.close()

@@ -53,11 +53,22 @@ class RunningGateway:
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30.0, **kwargs)
 
 
+def listening() -> socket.socket:
+    """A listening TCP socket on a free port. Not ``socket.create_server``: its
+    socket has ``proto`` 0, and asyncio sets TCP_NODELAY only on connections
+    whose ``proto`` is IPPROTO_TCP, so every response would wait out the
+    client's delayed ACK (40 ms) behind Nagle."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    return sock
+
+
 @asynccontextmanager
 async def serve_app(app: Any) -> AsyncIterator[str]:
     """Serve an ASGI app with uvicorn on a free port; yields its base URL."""
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    with socket.create_server(("127.0.0.1", 0)) as sock:
+    with listening() as sock:
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
             if serving.done():
