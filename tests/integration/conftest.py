@@ -10,7 +10,6 @@ import pytest
 
 from event_store.migrate import migrate
 from event_store.store import EventStore
-from gateway.services import GatewayEndpoints
 from gateway.settings import GatewaySettings
 from producers.publisher import Publisher
 from producers.topics import ensure_topics
@@ -18,7 +17,7 @@ from schemas.catalog import default_catalog
 from schemas.registry_client import RegistryClient
 from schemas.serde import EventSerializer
 from tests.conftest import Isolation, StackUnderTest
-from tests.support.gateway import RunningGateway, serve_gateway
+from tests.support.gateway import RunningGateway, gateway_endpoints, serve_gateway
 from tests.support.receiver import Receiver, serve_receiver
 
 CATALOG = default_catalog()
@@ -72,11 +71,10 @@ async def gateway(
     stack: StackUnderTest, isolation: Isolation, registry_url: str
 ) -> AsyncIterator[RunningGateway]:
     """The real gateway over HTTP on the test's private database, topics and Redis keys."""
-    endpoints = GatewayEndpoints(
-        kafka_bootstrap=stack.endpoints.kafka_bootstrap,
+    endpoints = gateway_endpoints(
+        stack,
+        registry_url,
         database_url=isolation.database_url,
-        redis_url=stack.endpoints.redis_url,
-        schema_registry_url=registry_url,
         topic_prefix=isolation.topic_prefix,
     )
     settings = GatewaySettings(redis_key_prefix=isolation.redis_prefix)

@@ -9,13 +9,12 @@ from typing import Any
 import pytest
 
 from event_store.projections import ProjectedEvent
-from gateway.services import GatewayEndpoints
 from gateway.settings import GatewaySettings
 from producers.publisher import build_event
 from streams.approvals import ApprovalsProjection
 from tests.conftest import Isolation, StackUnderTest
 from tests.support.approvals import PERMISSION, request_approval, wait_approval, wait_archived
-from tests.support.gateway import serve_gateway
+from tests.support.gateway import gateway_endpoints, serve_gateway
 from tests.support.gateway_deployment import Deployment, open_deployment
 from tests.support.pipeline import CATALOG
 
@@ -182,11 +181,10 @@ async def test_a_slow_processor_gets_a_202_with_a_link(
     stack: StackUnderTest, isolation: Isolation, registry_url: str
 ) -> None:
     """No streams worker here: the command is published, nobody answers."""
-    endpoints = GatewayEndpoints(
-        kafka_bootstrap=stack.endpoints.kafka_bootstrap,
+    endpoints = gateway_endpoints(
+        stack,
+        registry_url,
         database_url=isolation.database_url,
-        redis_url=stack.endpoints.redis_url,
-        schema_registry_url=registry_url,
         topic_prefix=isolation.topic_prefix,
     )
     settings = GatewaySettings(redis_key_prefix=isolation.redis_prefix, approval_wait_seconds=0.2)

@@ -18,7 +18,7 @@ from gateway.services import GatewayEndpoints
 from gateway.settings import GatewaySettings
 from tests.conftest import Isolation, StackUnderTest
 from tests.support.cli import run_cli
-from tests.support.gateway import RunningGateway, serve_gateway
+from tests.support.gateway import RunningGateway, gateway_endpoints, serve_gateway
 
 SECRET = "test-secret-" + "x" * 32
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -28,12 +28,12 @@ ED_KEY = ed25519.Ed25519PrivateKey.generate()
 def endpoints_for(
     stack: StackUnderTest, isolation: Isolation, registry_url: str, redis_url: str | None = None
 ) -> GatewayEndpoints:
-    return GatewayEndpoints(
-        kafka_bootstrap=stack.endpoints.kafka_bootstrap,
+    return gateway_endpoints(
+        stack,
+        registry_url,
         database_url=isolation.database_url,
-        redis_url=redis_url or stack.endpoints.redis_url,
-        schema_registry_url=registry_url,
         topic_prefix=isolation.topic_prefix,
+        redis_url=redis_url,
     )
 
 

@@ -17,10 +17,9 @@ import jwt
 import pytest
 
 from gateway.auth.rbac import ROLE_PERMISSIONS, Role
-from gateway.services import GatewayEndpoints
 from gateway.settings import GatewaySettings
 from tests.conftest import Isolation, StackUnderTest
-from tests.support.gateway import RunningGateway, serve_gateway
+from tests.support.gateway import RunningGateway, gateway_endpoints, serve_gateway
 
 SECRET = "walk-secret-" + "y" * 32
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -30,11 +29,10 @@ METHODS = ("get", "post", "put", "patch", "delete")
 async def walked(
     stack: StackUnderTest, isolation: Isolation, registry_url: str
 ) -> AsyncIterator[RunningGateway]:
-    endpoints = GatewayEndpoints(
-        kafka_bootstrap=stack.endpoints.kafka_bootstrap,
+    endpoints = gateway_endpoints(
+        stack,
+        registry_url,
         database_url=isolation.database_url,
-        redis_url=stack.endpoints.redis_url,
-        schema_registry_url=registry_url,
         topic_prefix=isolation.topic_prefix,
     )
     settings = GatewaySettings(

@@ -13,7 +13,7 @@ import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
@@ -24,6 +24,27 @@ from gateway.health import ComponentCheck
 from gateway.services import GatewayEndpoints, GatewayServices, open_services
 from gateway.settings import GatewaySettings
 from schemas.catalog import default_catalog
+
+if TYPE_CHECKING:  # tests.conftest imports this module (through registry_server)
+    from tests.conftest import StackUnderTest
+
+
+def gateway_endpoints(
+    stack: StackUnderTest,
+    registry_url: str,
+    *,
+    database_url: str,
+    topic_prefix: str,
+    redis_url: str | None = None,
+) -> GatewayEndpoints:
+    """The session stack's Kafka and Redis with a test's own database and topics."""
+    return GatewayEndpoints(
+        kafka_bootstrap=stack.endpoints.kafka_bootstrap,
+        database_url=database_url,
+        redis_url=redis_url or stack.endpoints.redis_url,
+        schema_registry_url=registry_url,
+        topic_prefix=topic_prefix,
+    )
 
 
 @dataclass

@@ -21,11 +21,10 @@ import pytest
 from aiokafka import ConsumerRecord
 
 from event_store.projections import Projection
-from gateway.services import GatewayEndpoints
 from gateway.settings import GatewaySettings
 from tests.conftest import StackUnderTest
 from tests.support.budgets import of_tenant, topic_records
-from tests.support.gateway import RunningGateway, serve_gateway
+from tests.support.gateway import RunningGateway, gateway_endpoints, serve_gateway
 from tests.support.pipeline import Pipeline, open_pipeline
 
 #: Generous: on a loaded 2-core machine a decision can take seconds; the 202
@@ -60,11 +59,10 @@ async def open_deployment(
     """``extra_env`` goes to the workers and, while the gateway runs, to this process
     too: the webhook routes read ``LEDGERBUS_WEBHOOK_*`` when the app is built."""
     async with open_pipeline(stack, registry_url, log_dir, extra_env=extra_env) as pipeline:
-        endpoints = GatewayEndpoints(
-            kafka_bootstrap=stack.endpoints.kafka_bootstrap,
+        endpoints = gateway_endpoints(
+            stack,
+            registry_url,
             database_url=pipeline.database_url,
-            redis_url=stack.endpoints.redis_url,
-            schema_registry_url=registry_url,
             topic_prefix=pipeline.topic_prefix,
         )
         settings = GatewaySettings(
