@@ -197,6 +197,7 @@ async def test_external_postgres_replaces_embedded_one(tmp_path: Path) -> None:
             assert ready["components"]["postgres"] == {
                 "status": "up",
                 "endpoint": external.url,
+                "required": True,
                 "latency_ms": ready["components"]["postgres"]["latency_ms"],
             }
         finally:
