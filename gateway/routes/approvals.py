@@ -14,7 +14,6 @@ published: another tenant's approval ids look exactly like unknown ones.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -49,28 +48,8 @@ ApprovalId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[^\x00
 REJECTION_STATUS = {"not_found": 404, "forbidden": 403, "already_decided": 409, "expired": 409}
 
 
-class ApprovalView(BaseModel):
-    approval_id: str
-    run_id: str
-    agent_name: str
-    action: str
-    risk_level: str
-    required_permission: str
-    details: str | None
-    requested_at: datetime
-    expires_at: datetime
-    status: ApprovalStatus
-    decider: str | None
-    comment: str | None
-    decided_at: datetime | None
-    deciding_event_id: uuid.UUID | None = Field(
-        description="The decision command that won, or the expiry event"
-    )
-    verdict_event_id: uuid.UUID | None
-
-
 class ApprovalPage(BaseModel):
-    items: list[ApprovalView]
+    items: list[Approval]
     next_after: str | None = Field(description="Pass as `after` for the next page; null at the end")
 
 
@@ -94,11 +73,7 @@ class Decided(BaseModel):
     """The verdict this decision produced."""
 
     command_id: uuid.UUID
-    approval: ApprovalView
-
-
-def _view(approval: Approval) -> ApprovalView:
-    return ApprovalView.model_validate(approval, from_attributes=True)
+    approval: Approval
 
 
 def _refused(rejection: Rejection, approval: Approval) -> Problem:
@@ -137,18 +112,16 @@ def approvals_router() -> APIRouter:
             services.pool, principal.tenant_id, status, limit=limit, after=after
         )
         return ApprovalPage(
-            items=[_view(approval) for approval in found],
+            items=[approval for approval in found],
             next_after=found[-1].approval_id if len(found) == limit else None,
         )
 
     @router.get("/{approval_id}", responses=problem_responses(404))
-    async def get_one(
-        approval_id: ApprovalId, principal: Reader, services: Services
-    ) -> ApprovalView:
+    async def get_one(approval_id: ApprovalId, principal: Reader, services: Services) -> Approval:
         approval = await get_approval(services.pool, principal.tenant_id, approval_id)
         if approval is None:
             raise Problem(404, f"no approval {approval_id!r} in this tenant")
-        return _view(approval)
+        return approval
 
     async def decide(
         approval_id: str,
@@ -186,7 +159,7 @@ def approvals_router() -> APIRouter:
 
         outcome = await wait_for(answered, services.settings.approval_wait_seconds)
         if isinstance(outcome, Approval):
-            return Decided(command_id=command.id, approval=_view(outcome))
+            return Decided(command_id=command.id, approval=outcome)
         if isinstance(outcome, Rejection):
             raise _refused(outcome, requested)
         href = f"/v1/approvals/{quote(approval_id, safe='')}"
