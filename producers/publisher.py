@@ -356,17 +356,25 @@ def build_event(
     source: str,
     correlation_id: str | None = None,
     causation_id: str | None = None,
+    event_id: uuid.UUID | None = None,
+    time: datetime | None = None,
 ) -> Envelope[Any]:
-    """A new event from plain values, validated against its type's model."""
+    """A new event from plain values, validated against its type's model.
+
+    ``event_id`` fixes the id (default: a random one), so a caller that redoes
+    a step publishes the same event again and consumers deduplicate it.
+    ``time`` (default: now) lets a caller bind the time into the data first,
+    as sealed boxes do.
+    """
     try:
         return event_type.from_record(
             {
-                "id": random_uuid(),
+                "id": random_uuid() if event_id is None else event_id,
                 "type": event_type.name,
                 "source": source,
                 "subject": subject,
                 "tenant_id": tenant_id,
-                "time": datetime.now(UTC),
+                "time": datetime.now(UTC) if time is None else time,
                 "correlation_id": correlation_id,
                 "causation_id": causation_id,
                 "data": data,
