@@ -22,19 +22,32 @@ on the clock, so it is computed when reading, never stored.
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 import asyncpg
 
+from consumers.key_directory import KEY_COLUMNS, AgentKey, KeyState, agent_key
 from event_store.migrate import Connection
 from event_store.projections import ProjectedEvent, Projection
 from schemas.models import Envelope
 from streams.approvals import MAX_PAGE, Queryable, unstorable
+
+# The key read side lives in consumers.key_directory (agents read it too); the
+# directory's readers may keep importing it from here.
+__all__ = [
+    "HEARTBEAT_STALE_AFTER",
+    "Agent",
+    "AgentDirectory",
+    "AgentInstance",
+    "AgentKey",
+    "KeyState",
+    "agent_key",
+    "get_agent",
+    "list_agents",
+]
 
 #: An agent whose processes have all been silent this long is shown ``offline``.
 HEARTBEAT_STALE_AFTER = timedelta(minutes=2)
@@ -182,40 +195,6 @@ async def _register(conn: Connection, envelope: Envelope[Any]) -> None:
 # -- queries -------------------------------------------------------------------------------------
 
 
-class KeyState(StrEnum):
-    CURRENT = "current"
-    #: Rotated out, still opening boxes sealed to it until ``retired_at``.
-    GRACE = "grace"
-    RETIRED = "retired"
-    REVOKED = "revoked"
-
-
-@dataclass(frozen=True, slots=True)
-class AgentKey:
-    """One registered key pair of an agent, and what happened to it since."""
-
-    agent_name: str
-    key_id: str
-    signing_public_key: bytes
-    hpke_public_key: bytes
-    suite: str
-    registered_at: datetime
-    event_id: uuid.UUID
-    """The registration that bound the key id to these keys."""
-    retired_at: datetime | None
-    revoked_at: datetime | None
-
-    def state(self, current_key_id: str, at: datetime) -> KeyState:
-        """The key's state at ``at``; a revocation counts at once, whatever its time."""
-        if self.revoked_at is not None:
-            return KeyState.REVOKED
-        if self.key_id == current_key_id:  # even if once rotated out: registered again since
-            return KeyState.CURRENT
-        if self.retired_at is not None:
-            return KeyState.GRACE if at < self.retired_at else KeyState.RETIRED
-        return KeyState.RETIRED  # replaced without a rotation note: no grace was announced
-
-
 @dataclass(frozen=True, slots=True)
 class AgentInstance:
     """One process of an agent, as its latest heartbeat described it."""
@@ -255,12 +234,6 @@ class Agent:
         return latest.status
 
 
-_KEY_COLUMNS = """
-agent_name, key_id, signing_public_key, hpke_public_key, suite, registered_at, event_id,
-retired_at, revoked_at
-"""
-
-
 async def list_agents(
     conn: Queryable, tenant_id: str, *, limit: int = 50, after: str | None = None
 ) -> list[Agent]:
@@ -290,25 +263,11 @@ async def get_agent(conn: Queryable, tenant_id: str, agent_name: str) -> Agent |
     return found[0] if found else None
 
 
-async def agent_key(
-    conn: Queryable, tenant_id: str, agent_name: str, key_id: str
-) -> AgentKey | None:
-    """The key ``key_id`` of an agent, if one was registered under that id."""
-    row = await conn.fetchrow(
-        f"SELECT {_KEY_COLUMNS} FROM agent_keys WHERE tenant_id = $1 AND agent_name = $2 "
-        "AND key_id = $3 AND event_id IS NOT NULL",
-        tenant_id,
-        agent_name,
-        key_id,
-    )
-    return None if row is None else AgentKey(**dict(row))
-
-
 async def _with_keys(conn: Queryable, tenant_id: str, rows: list[asyncpg.Record]) -> list[Agent]:
     names = [row["agent_name"] for row in rows]
     keys: dict[str, list[AgentKey]] = defaultdict(list)
     for row in await conn.fetch(
-        f"SELECT {_KEY_COLUMNS} FROM agent_keys WHERE tenant_id = $1 AND agent_name = ANY($2) "
+        f"SELECT {KEY_COLUMNS} FROM agent_keys WHERE tenant_id = $1 AND agent_name = ANY($2) "
         "AND event_id IS NOT NULL ORDER BY registered_at, key_id",
         tenant_id,
         names,

@@ -25,6 +25,8 @@ class SealedBox(Record):
     enc: bytes
     ciphertext: bytes
     signature: bytes = Field(min_length=64, max_length=64)
+    message_id: str | None = None
+    sealed_at: UtcDateTime | None = None
 
 
 class AgentRunRequested(EventPayload):
@@ -38,6 +40,7 @@ class AgentRunRequested(EventPayload):
     cost_estimate_micros: NonNegativeInt
     requested_by: str | None = None
     parent_run_id: str | None = None
+    sealed_task: SealedBox | None = None
 
 
 class AgentRunAccepted(EventPayload):
@@ -48,6 +51,8 @@ class AgentRunAccepted(EventPayload):
     agent_name: str
     reserved_micros: NonNegativeInt
     sealed_task: SealedBox | None = None
+    task: str | None = None
+    parent_run_id: str | None = None
 
 
 class AgentRunRejected(EventPayload):

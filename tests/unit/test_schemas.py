@@ -154,6 +154,8 @@ BOX = SealedBox(
     enc=bytes(range(32)),
     ciphertext=b"\x00\xffsealed context\x01" * 4,
     signature=bytes(range(64)),
+    message_id=str(EVENT_ID),
+    sealed_at=AT,
 )
 
 # One realistic payload per event type, every field set (so every optional branch is
@@ -183,6 +185,7 @@ SAMPLES: dict[str, EventPayload] = {
             cost_estimate_micros=1_250_000,
             requested_by="user:ana",
             parent_run_id="run-6",
+            sealed_task=BOX,
         ),
         AgentRunAccepted(
             run_id="run-7",
@@ -190,6 +193,8 @@ SAMPLES: dict[str, EventPayload] = {
             agent_name="developer",
             reserved_micros=1_250_000,
             sealed_task=BOX,
+            task="Add OAuth login to the web app",
+            parent_run_id="run-6",
         ),
         AgentRunRejected(
             run_id="run-8",
