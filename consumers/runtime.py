@@ -38,10 +38,17 @@ LAG = Gauge(
 HANDLER_SECONDS = Histogram("ledgerbus_handler_seconds", "Handler latency", ["group", "type"])
 
 Handler = Callable[[Envelope[Any]], Awaitable[None]]
+RecordHandler = Callable[[Envelope[Any], ConsumerRecord], Awaitable[None]]
+"""A handler that also needs the Kafka record (its position, its exact bytes)."""
 
 
 class PermanentError(Exception):
-    """Raised by a handler for input it will never accept: dead-letter at once, no retry."""
+    """Raised by a handler for input it will never accept: dead-letter at once, no retry,
+    with ``reason`` in the dead letter's headers."""
+
+    def __init__(self, message: str, reason: str = "handler_rejected") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -160,12 +167,16 @@ class EventConsumer(ConsumerLoop):
         self,
         config: ConsumerConfig,
         deserializer: EventDeserializer,
-        handlers: Mapping[str, Handler],
+        handlers: Mapping[str, Handler] | Mapping[str, RecordHandler],
         dead_letters: DeadLetters,
+        *,
+        with_records: bool = False,
     ) -> None:
+        """``with_records``: handlers are ``RecordHandler``s, called with the record too."""
         super().__init__(config, dead_letters)
         self.deserializer = deserializer
-        self.handlers = dict(handlers)
+        self.handlers: dict[str, Callable[..., Awaitable[None]]] = dict(handlers)
+        self.with_records = with_records
         self._limit = asyncio.Semaphore(config.max_concurrency)
         # Metric children per event type: .labels() costs more than the handler call.
         self._metrics = {
@@ -201,6 +212,7 @@ class EventConsumer(ConsumerLoop):
         update per chain. Retries and dead letters take the slow path.
         """
         deserializer, handlers, metrics_of = self.deserializer, self.handlers, self._metrics
+        with_records = self.with_records
         consumed: dict[str, int] = {}
         async with self._limit:
             for record in records:
@@ -216,7 +228,7 @@ class EventConsumer(ConsumerLoop):
                     continue  # not this consumer's business
                 began = time.perf_counter()
                 try:
-                    await handler(event)
+                    await (handler(event, record) if with_records else handler(event))
                 except Exception as exc:
                     await self._retry(handler, event, record, exc)
                 else:
@@ -226,7 +238,11 @@ class EventConsumer(ConsumerLoop):
             metrics_of[event_type].consumed.inc(count)
 
     async def _retry(
-        self, handler: Handler, event: Envelope[Any], record: ConsumerRecord, error: Exception
+        self,
+        handler: Callable[..., Awaitable[None]],
+        event: Envelope[Any],
+        record: ConsumerRecord,
+        error: Exception,
     ) -> None:
         """After a failed first attempt: retry with backoff, or dead-letter."""
         metrics = self._metrics[event.type]
@@ -235,7 +251,7 @@ class EventConsumer(ConsumerLoop):
         while True:
             metrics.failed.inc()
             if isinstance(error, PermanentError):
-                await self.dead_letter(record, "handler_rejected", repr(error))
+                await self.dead_letter(record, error.reason, str(error))
                 return
             if attempts >= retry.attempts:
                 await self.dead_letter(record, "handler_gave_up", repr(error))
@@ -245,7 +261,7 @@ class EventConsumer(ConsumerLoop):
             attempts += 1
             began = time.perf_counter()
             try:
-                await handler(event)
+                await (handler(event, record) if self.with_records else handler(event))
             except Exception as exc:
                 error = exc
             else:

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from ledgerbus.commands.agent import agent
 from ledgerbus.commands.archiver import archiver
 from ledgerbus.commands.audit import audit
 from ledgerbus.commands.common import clear_errors, settings
@@ -214,3 +215,4 @@ main.add_command(audit)
 main.add_command(streams)
 main.add_command(webhooks)
 main.add_command(keys)
+main.add_command(agent)

@@ -262,7 +262,7 @@ class Decider:
         )
         if stored is not None:
             DECISIONS.labels("repeated").inc()
-            return stored_decision(self.context.catalog, request.tenant_id, stored)
+            return stored_decision(self.context.catalog, request, stored)
         refusal = await self._refusal(conn, budget, request)
         accepted = refusal is None
         decision = derived_event(
@@ -276,7 +276,7 @@ class Decider:
                 "project_id": data.project_id,
                 "agent_name": data.agent_name,
                 **(
-                    {"reserved_micros": data.cost_estimate_micros}
+                    {"reserved_micros": data.cost_estimate_micros} | work_of(request)
                     if accepted
                     else {"reason": "budget_exceeded", "detail": refusal}
                 ),
@@ -396,8 +396,19 @@ class Decider:
         return [alert]
 
 
-def stored_decision(catalog: EventCatalog, tenant_id: str, run: Any) -> Envelope[Any]:
-    """The decision event recorded in a ``budget_runs`` row, exactly as first emitted."""
+def work_of(request: Envelope[Any]) -> dict[str, Any]:
+    """What an accepted run's agent needs to start: the task (still sealed if it was)."""
+    data = request.data
+    return {
+        "task": None if data.sealed_task else data.task,
+        "sealed_task": data.sealed_task,
+        "parent_run_id": data.parent_run_id,
+    }
+
+
+def stored_decision(catalog: EventCatalog, request: Envelope[Any], run: Any) -> Envelope[Any]:
+    """The decision recorded in a ``budget_runs`` row, exactly as first emitted for ``request``."""
+    tenant_id = request.tenant_id
     accepted = run["decision"] == "accepted"
     data: dict[str, Any] = {
         "run_id": run["run_id"],
@@ -405,7 +416,7 @@ def stored_decision(catalog: EventCatalog, tenant_id: str, run: Any) -> Envelope
         "agent_name": run["agent_name"],
     }
     if accepted:
-        data["reserved_micros"] = run["reserved_micros"]
+        data |= {"reserved_micros": run["reserved_micros"]} | work_of(request)
     else:
         data |= {"reason": run["reason"], "detail": run["detail"]}
     return _event(

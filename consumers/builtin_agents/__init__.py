@@ -1,0 +1,1 @@
+"""YAML definitions of the built-in agents (see ``consumers.llm_agent``)."""
