@@ -141,7 +141,7 @@ class Agent(ABC):
     timeout: ClassVar[float] = 300.0
     #: Model for ``complete`` when the call names none (else the LLM settings' model).
     model: str | None = None
-    middleware: ClassVar[Sequence[Middleware]] = ()
+    middleware: Sequence[Middleware] = ()
     on = staticmethod(on)
 
     def __init__(self, name: str) -> None:
