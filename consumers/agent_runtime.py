@@ -287,7 +287,6 @@ class AgentRuntime:
         renewing = asyncio.create_task(self._renew(key))
         self.active[key.run_id] = renewing
         token = current_run.set(scope)
-        began = time.monotonic()
         result: AgentResult | None = None
         error: BaseException | None = None
         try:
@@ -309,7 +308,7 @@ class AgentRuntime:
         for middleware in self.agent.middleware:
             await middleware.after_execute(self.agent, task, result, error)
         if result is not None:
-            await self._complete(key, accepted, task, result, began)
+            await self._complete(claim, accepted, task, result)
         else:
             assert error is not None
             await self._fail(key, accepted, error)
@@ -320,20 +319,17 @@ class AgentRuntime:
             await self.journal.renew(key)
 
     async def _complete(
-        self,
-        key: RunKey,
-        accepted: Envelope[Any],
-        task: AgentTask,
-        result: AgentResult,
-        began: float,
+        self, claim: Claim, accepted: Envelope[Any], task: AgentTask, result: AgentResult
     ) -> None:
+        key = claim.key
+        duration = datetime.now(UTC) - claim.started_at
         await self._publish(
             "agent.completed",
             subject=key.run_id,
             data=self._run_fields(task)
             | {
                 "instance_id": self.settings.instance_id,
-                "duration_ms": int((time.monotonic() - began) * 1000),
+                "duration_ms": max(0, int(duration.total_seconds() * 1000)),
                 "result": result.output,
             },
             event_id=self._event_id(key, "completed"),

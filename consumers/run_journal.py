@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -53,6 +53,8 @@ class Claim:
     accepted: AcceptedRecord
     first: bool
     """True when no process ever executed the run before (announce ``agent.started``)."""
+    started_at: datetime
+    """When the run was first claimed: its duration counts from there, across resumes."""
 
 
 _CLAIM = """
@@ -66,14 +68,14 @@ ON CONFLICT (tenant_id, agent_name, run_id) DO UPDATE SET
     executions = r.executions + 1,
     updated_at = now()
 WHERE r.status = 'running' AND (r.lease_until < now() OR r.instance_id = EXCLUDED.instance_id)
-RETURNING executions
+RETURNING executions, created_at
 """
 
 _RESUME = """
 UPDATE agent_runs SET status = 'running', instance_id = $4, lease_until = now() + $5::interval,
     executions = executions + 1, updated_at = now()
 WHERE tenant_id = $1 AND agent_name = $2 AND approval_id = $3 AND status = 'waiting'
-RETURNING run_id, accepted, accepted_topic, accepted_partition, accepted_offset
+RETURNING run_id, accepted, accepted_topic, accepted_partition, accepted_offset, created_at
 """
 
 
@@ -92,7 +94,7 @@ class RunJournal:
     async def claim(self, key: RunKey, accepted: AcceptedRecord) -> Claim | None:
         """The run, leased to this process; None if it is finished, waiting for an
         approval, or leased to another live process."""
-        executions = await self.pool.fetchval(
+        row = await self.pool.fetchrow(
             _CLAIM,
             key.tenant_id,
             key.agent_name,
@@ -104,9 +106,9 @@ class RunJournal:
             accepted.partition,
             accepted.offset,
         )
-        if executions is None:
+        if row is None:
             return None
-        return Claim(key, accepted, first=executions == 1)
+        return Claim(key, accepted, first=row["executions"] == 1, started_at=row["created_at"])
 
     async def status(self, key: RunKey) -> tuple[RunStatus, str | None] | None:
         """The run's status and the process leasing it, or None for an unknown run."""
@@ -225,7 +227,7 @@ class RunJournal:
             row["accepted_partition"],
             row["accepted_offset"],
         )
-        return Claim(key, accepted, first=False)
+        return Claim(key, accepted, first=False, started_at=row["created_at"])
 
     async def finish(self, key: RunKey, status: RunStatus) -> None:
         await self.pool.execute(

@@ -102,3 +102,6 @@ async def test_handoff_chain_with_approval_resumes_once_after_sigkill(
     assert {event.correlation_id for event in rest} == {str(first.id)}
     qa_completed = next(event for event in completed if event.data.run_id == qa_run)
     assert qa_completed.data.instance_id != ""
+    [approved] = await pipeline.archived(tenant, "approval.approved")
+    waited = approved.time - asked.time
+    assert qa_completed.data.duration_ms >= waited.total_seconds() * 1000, "from first start"
