@@ -21,7 +21,9 @@ from ledgerbus.commands.archiver import archiver
 from ledgerbus.commands.audit import audit
 from ledgerbus.commands.common import clear_errors, settings
 from ledgerbus.commands.db import db
+from ledgerbus.commands.demo import demo
 from ledgerbus.commands.keys import keys
+from ledgerbus.commands.llm_stub import llm_stub
 from ledgerbus.commands.projections import projections
 from ledgerbus.commands.replay import replay
 from ledgerbus.commands.streams import streams
@@ -41,12 +43,17 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
+@click.option(
+    "--with-agents",
+    is_flag=True,
+    help="Also run the built-in agents (tenant default); no LLM configured = a local stub.",
+)
 @clear_errors()
-def dev() -> None:
+def dev(with_agents: bool) -> None:
     """Start the whole system on the embedded stack, in the foreground."""
     from ledgerbus.dev import run_dev
 
-    sys.exit(asyncio.run(run_dev(settings())))
+    sys.exit(asyncio.run(run_dev(settings(), with_agents=with_agents)))
 
 
 def _read_data(value: str) -> dict[str, Any]:
@@ -216,3 +223,5 @@ main.add_command(streams)
 main.add_command(webhooks)
 main.add_command(keys)
 main.add_command(agent)
+main.add_command(llm_stub)
+main.add_command(demo)

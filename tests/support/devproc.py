@@ -29,10 +29,10 @@ class DevProcess:
         }
         self.popen: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *args: str) -> None:
         with self.output_path.open("wb") as out:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "ledgerbus", "dev"],
+                [sys.executable, "-m", "ledgerbus", "dev", *args],
                 cwd=self.workdir,
                 env=self.env,
                 stdout=out,
