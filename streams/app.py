@@ -21,8 +21,9 @@ from schemas.topics import physical_name
 #: How long a fetch may wait for data. faust hard-codes 1,500 ms, and Tansu
 #: answers a waiting fetch only when the wait ends, not when data arrives, so
 #: every hop through faust cost up to 1.5 s (measured: p50 1.5 s from publish
-#: to budget decision). 50 ms trades a few idle fetches for that latency.
-FETCH_MAX_WAIT_MS = 50
+#: to budget decision). 20 ms trades idle fetches (50 a second per consumer)
+#: for that latency: an agent handoff crosses three such hops.
+FETCH_MAX_WAIT_MS = 20
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,8 @@ worker), so one clock times both ends. The path: A seals the task to B, publishe
 run (``agent.run_accepted``) → B's consumer claims the run in the journal,
 verifies and opens the sealed task → ``handle``. Handoffs are paced (not a
 throughput test). Baseline, same run and broker: one aiokafka produce → consume
-hop of a record of the same size. Prints p50/p99; asserts only counts.
+hop of a record of the same size, with the same 20 ms fetch wait. Also prints
+the budget decision's share (event times). Prints p50/p99; asserts only counts.
 ``make bench``.
 """
 
@@ -73,7 +74,9 @@ def percentiles(samples: list[float]) -> str:
 async def kafka_hop(bootstrap: str, topic: str, count: int) -> list[float]:
     """Produce → consume latency of single paced records on one partition."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
+    )
     await producer.start()
     await consumer.start()
     sent: dict[bytes, float] = {}
@@ -125,6 +128,15 @@ async def test_handoff_latency(pipeline: Pipeline, tmp_path: Path) -> None:
         await eventually(all_entered, 300, interval=0.5)
     latencies = [receiver.entered[run] - began for run, began in sender.called.items()]
     assert len(latencies) == HANDOFFS
+    requested = {
+        event.data.run_id: event.time
+        for event in await pipeline.archived(tenant, "agent.run_requested")
+    }
+    decision = [
+        (event.time - requested[event.data.run_id]).total_seconds()
+        for event in await pipeline.archived(tenant, "agent.run_accepted")
+        if event.data.run_id in sender.called
+    ]
     topic = f"{pipeline.topic_prefix}bench-hop-{uuid.uuid4().hex[:6]}"
     baseline = await kafka_hop(pipeline.env["LEDGERBUS_KAFKA_BOOTSTRAP"], topic, 300)
     print(
@@ -132,4 +144,6 @@ async def test_handoff_latency(pipeline: Pipeline, tmp_path: Path) -> None:
         f" {percentiles(latencies)} (aim p99 < 100 ms)"
         f"\nbaseline, one aiokafka produce -> consume hop: {percentiles(baseline)}"
         f" (a handoff is two hops plus the budget decision)"
+        f"\nof which run_requested -> run_accepted (event times, budget processor):"
+        f" {percentiles(decision)}"
     )
