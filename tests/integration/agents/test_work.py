@@ -4,32 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import pytest
 
-from ledgerbus.llm_stub import ServedStub, serve
-from tests.conftest import StackUnderTest
+from ledgerbus.llm_stub import ServedStub
 from tests.support.agents import per_run, request_run, start_agent, wait_for, wait_registered
 from tests.support.archive import eventually
 from tests.support.budgets import set_budget
-from tests.support.pipeline import Pipeline, open_pipeline
+from tests.support.pipeline import Pipeline
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-async def pipeline(
-    stack: StackUnderTest, registry_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Pipeline]:
-    async with open_pipeline(stack, registry_url, tmp_path_factory.mktemp("work")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def llm() -> AsyncIterator[ServedStub]:
-    async with serve() as served:
-        yield served
 
 
 async def test_two_processes_of_one_agent_split_runs_each_executed_once(

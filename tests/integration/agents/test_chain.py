@@ -4,14 +4,12 @@ surviving a SIGKILL of the QA process while it waits (issue 7)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from consumers.pricing import PricingTable
-from ledgerbus.llm_stub import LLMStub, ServedStub, serve, words
-from tests.conftest import StackUnderTest
+from ledgerbus.llm_stub import ServedStub, words
 from tests.support.agents import (
     STUB_MODEL,
     decide,
@@ -22,23 +20,9 @@ from tests.support.agents import (
     wait_registered,
 )
 from tests.support.budgets import set_budget
-from tests.support.pipeline import Pipeline, open_pipeline
+from tests.support.pipeline import Pipeline
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-async def pipeline(
-    stack: StackUnderTest, registry_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Pipeline]:
-    async with open_pipeline(stack, registry_url, tmp_path_factory.mktemp("agents")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def llm() -> AsyncIterator[ServedStub]:
-    async with serve(stub=LLMStub(lambda messages: f"done: {len(messages)} messages read")) as s:
-        yield s
 
 
 async def test_handoff_chain_with_approval_resumes_once_after_sigkill(

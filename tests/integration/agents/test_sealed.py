@@ -7,7 +7,6 @@ import asyncio
 import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,22 +20,13 @@ from consumers.sealing import seal
 from producers.publisher import build_event
 from schemas.models import Envelope
 from schemas.models.agent import SealedBox
-from tests.conftest import StackUnderTest
 from tests.support.agents import running_agent, wait_registered
 from tests.support.archive import eventually
 from tests.support.budgets import header, of_tenant, topic_records
-from tests.support.pipeline import CATALOG, Pipeline, open_pipeline
+from tests.support.pipeline import CATALOG, Pipeline
 from tests.support.sealing import registered
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(scope="module")
-async def pipeline(
-    stack: StackUnderTest, registry_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Pipeline]:
-    async with open_pipeline(stack, registry_url, tmp_path_factory.mktemp("sealed")) as running:
-        yield running
 
 
 class Inbox(Agent):

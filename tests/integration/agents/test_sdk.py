@@ -4,7 +4,6 @@ subscriptions, failures and timeouts reported as ``agent.failed``, denials (issu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,20 +12,11 @@ import pytest
 from consumers.agent import Agent, AgentResult, AgentTask, Middleware, on
 from consumers.identity import AgentIdentity
 from schemas.models import Envelope
-from tests.conftest import StackUnderTest
 from tests.support.agents import decide, request_run, running_agent, wait_for
 from tests.support.archive import eventually
-from tests.support.pipeline import Pipeline, open_pipeline
+from tests.support.pipeline import Pipeline
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(scope="module")
-async def pipeline(
-    stack: StackUnderTest, registry_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Pipeline]:
-    async with open_pipeline(stack, registry_url, tmp_path_factory.mktemp("sdk")) as running:
-        yield running
 
 
 class Journal(Middleware):
