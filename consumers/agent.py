@@ -114,7 +114,6 @@ class Middleware:
         return None
 
 
-Subscriber = Callable[[Any, Any], Awaitable[None]]
 F = TypeVar("F", bound=Callable[..., Awaitable[None]])
 
 _SUBSCRIBES = "__ledgerbus_subscribes__"
