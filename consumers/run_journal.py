@@ -71,6 +71,12 @@ WHERE r.status = 'running' AND (r.lease_until < now() OR r.instance_id = EXCLUDE
 RETURNING executions, created_at
 """
 
+#: The first result recorded for a step stands (a replayed step records again).
+_RECORD_STEP = """
+INSERT INTO agent_run_steps (tenant_id, agent_name, run_id, step, result)
+VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT DO NOTHING
+"""
+
 _RESUME = """
 UPDATE agent_runs SET status = 'running', instance_id = $4, lease_until = now() + $5::interval,
     executions = executions + 1, updated_at = now()
@@ -164,8 +170,7 @@ class RunJournal:
     async def record_step(self, key: RunKey, step: str, result: Any) -> None:
         """Keep a step's result; the first one recorded stands."""
         await self.pool.execute(
-            "INSERT INTO agent_run_steps (tenant_id, agent_name, run_id, step, result) "
-            "VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT DO NOTHING",
+            _RECORD_STEP,
             key.tenant_id,
             key.agent_name,
             key.run_id,
@@ -213,8 +218,7 @@ class RunJournal:
                 return None
             key = RunKey(tenant_id, agent_name, row["run_id"])
             await conn.execute(
-                "INSERT INTO agent_run_steps (tenant_id, agent_name, run_id, step, result) "
-                "VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT DO NOTHING",
+                _RECORD_STEP,
                 tenant_id,
                 agent_name,
                 key.run_id,
