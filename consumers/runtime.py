@@ -213,24 +213,31 @@ class EventConsumer(ConsumerLoop):
         """One key's records, one after the other.
 
         The common path is inline, with no coroutine of its own per record:
-        decoding through cached readers, the first attempt, and one counter
-        update per chain. Retries and dead letters take the slow path.
+        the event type read from the value's schema id (records no handler
+        wants are skipped undecoded), decoding through cached readers, the first
+        attempt, and one counter update per chain. Retries and dead letters
+        take the slow path.
         """
         deserializer, handlers, metrics_of = self.deserializer, self.handlers, self._metrics
         with_records = self.with_records
         consumed: dict[str, int] = {}
         async with self._limit:
             for record in records:
+                value = record.value
+                reader = deserializer.cached_reader(value)
                 try:
-                    event = deserializer.deserialize_cached(record.value)
-                    if event is None:
-                        event = await deserializer.deserialize(record.value)
+                    if reader is None:
+                        event = await deserializer.deserialize(value)
+                    elif reader.event_type.name not in handlers:
+                        continue  # not this consumer's business: not even decoded
+                    else:
+                        event = reader.event(value)
                 except DecodeError as exc:
                     await self.dead_letter(record, exc.reason, str(exc))
                     continue
                 handler = handlers.get(event.type)
                 if handler is None:
-                    continue  # not this consumer's business
+                    continue
                 began = time.perf_counter()
                 try:
                     await (handler(event, record) if with_records else handler(event))

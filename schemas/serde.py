@@ -154,24 +154,31 @@ Decode = Callable[[bytes, int], tuple[dict[str, Any], int]]
 
 
 @dataclass(frozen=True, slots=True)
-class _Reader:
+class Reader:
     """How to read values written with one schema id.
 
-    ``decode`` returns fastavro's values (for ``read``); ``decode_plain`` keeps
-    uuids as str and timestamps as int micros, which models validate faster.
+    ``decode`` returns fastavro's values (for ``read``); ``event`` turns a framed
+    value into the validated model, decoding with uuids left as str and
+    timestamps as int micros, which models validate faster than the objects.
     """
 
     event_type: EventType
     decode: Decode
-    decode_plain: Decode
+    event: Callable[[bytes], Envelope[Any]]
 
-    def event(self, value: bytes) -> Envelope[Any]:
-        """The validated event in a framed value whose schema id this reader is for."""
-        record = _body(self.decode_plain, value)
+
+def _validating(event_type: EventType, decode_plain: Decode) -> Callable[[bytes], Envelope[Any]]:
+    """Decode then validate in one call: the consumer's hot path, so no layers."""
+    validate = event_type.envelope_model.__pydantic_validator__.validate_python
+
+    def event(value: bytes) -> Envelope[Any]:
+        record = _body(decode_plain, value)
         try:
-            return self.event_type.from_record(record)
+            return cast("Envelope[Any]", validate(record))
         except ValueError as exc:
             raise DecodeError("schema_violation", f"event fails validation: {exc}") from exc
+
+    return event
 
 
 class EventDeserializer:
@@ -184,8 +191,8 @@ class EventDeserializer:
     def __init__(self, catalog: EventCatalog, registry: SchemaRegistry) -> None:
         self.catalog = catalog
         self.registry = registry
-        self._readers: dict[int, _Reader] = {}
-        self._by_header: dict[bytes, _Reader] = {}  # the same, by the 5 framing bytes
+        self._readers: dict[int, Reader] = {}
+        self._by_header: dict[bytes, Reader] = {}  # the same, by the 5 framing bytes
 
     async def deserialize(self, value: bytes | None) -> Envelope[Any]:
         event = self.deserialize_cached(value)
@@ -200,8 +207,13 @@ class EventDeserializer:
         """``deserialize`` without awaiting: None when the value is not framed with a
         schema id seen before (then await ``deserialize``: it asks the registry, or
         raises ``DecodeError`` for bad framing)."""
-        reader = None if value is None else self._by_header.get(value[: _HEADER.size])
+        reader = self.cached_reader(value)
         return None if reader is None else reader.event(cast(bytes, value))
+
+    def cached_reader(self, value: bytes | None) -> Reader | None:
+        """The reader for a value framed with a schema id seen before, found from
+        its first 5 bytes: tells the event type before anything is decoded."""
+        return None if value is None else self._by_header.get(value[: _HEADER.size])
 
     async def read(self, value: bytes | None) -> RawEvent:
         """Decode the Avro body only (no model validation): for consumers that
@@ -211,7 +223,7 @@ class EventDeserializer:
         assert value is not None
         return RawEvent(schema_id, reader.event_type, _body(reader.decode, value), value)
 
-    async def _reader(self, schema_id: int) -> _Reader:
+    async def _reader(self, schema_id: int) -> Reader:
         try:
             schema = await self.registry.get_schema(schema_id)
         except LookupError as exc:
@@ -227,10 +239,10 @@ class EventDeserializer:
         same = to_parsing_canonical_form(schema) == to_parsing_canonical_form(event_type.schema)
         codec = event_type.codec
         if same and codec is not None:
-            reader = _Reader(event_type, codec.decode, codec.decode_plain)
+            reader = Reader(event_type, codec.decode, _validating(event_type, codec.decode_plain))
         else:
             resolve = _resolving_decoder(_parse(schema), event_type.parsed_schema)
-            reader = _Reader(event_type, resolve, resolve)
+            reader = Reader(event_type, resolve, _validating(event_type, resolve))
         self._readers[schema_id] = reader
         self._by_header[_framing(schema_id)] = reader
         return reader

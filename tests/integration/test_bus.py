@@ -43,6 +43,18 @@ def costs_topic(isolation: Isolation) -> str:
     return f"{isolation.topic_prefix}ledgerbus.costs"
 
 
+def schema_invalid(event: Envelope[Any], schema_id: int, **data: Any) -> bytes:
+    """``event`` framed with ``schema_id``, with ``data`` fields the model refuses:
+    valid Avro that only validation catches."""
+    event_type = CATALOG.get(event.type)
+    record = event_type.to_record(event)
+    record["data"].update(data)
+    buffer = io.BytesIO()
+    buffer.write(b"\x00" + struct.pack(">I", schema_id))
+    schemaless_writer(buffer, event_type.parsed_schema, record)
+    return buffer.getvalue()
+
+
 async def consume_until(
     consumer: EventConsumer, done: asyncio.Event, timeout: float = 30.0
 ) -> None:
@@ -145,12 +157,8 @@ async def test_poison_messages_go_to_dead_letters_and_consumer_goes_on(
         await raw_producer.send_and_wait(topic, value=value, key=b"same-key")
     # valid Avro that the model refuses: negative money
     negative = cost_event(isolation.tenant_id, "same-key", 2)
-    record = COSTS.to_record(negative)
-    record["data"]["cost_micros"] = -5
-    buffer = io.BytesIO()
-    buffer.write(b"\x00" + struct.pack(">I", schema_id))
-    schemaless_writer(buffer, COSTS.parsed_schema, record)
-    await raw_producer.send_and_wait(topic, value=buffer.getvalue(), key=b"same-key")
+    value = schema_invalid(negative, schema_id, cost_micros=-5)
+    await raw_producer.send_and_wait(topic, value=value, key=b"same-key")
     gives_up = cost_event(isolation.tenant_id, "same-key", 3)
     rejected = cost_event(isolation.tenant_id, "same-key", 4)
     last = cost_event(isolation.tenant_id, "same-key", 5)
@@ -201,6 +209,57 @@ async def test_poison_messages_go_to_dead_letters_and_consumer_goes_on(
     assert headers["ledgerbus-dlq-topic"] == topic.encode()
     assert b"downstream is down" in headers["ledgerbus-dlq-error"]
     assert headers["ce_id"] == str(gives_up.id).encode(), "original headers kept"
+
+
+async def test_records_no_handler_wants_are_skipped_undecoded(
+    stack: StackUnderTest,
+    isolation: Isolation,
+    publisher: Publisher,
+    registry: RegistryClient,
+    raw_producer: AIOKafkaProducer,
+) -> None:
+    """A consumer of budget.set reads past cost.recorded records, even invalid
+    ones, without decoding them: those are another consumer's to dead-letter."""
+    topic = costs_topic(isolation)
+    serializer = publisher.serializer
+    budget = build_event(
+        CATALOG.get("budget.set"),
+        subject="k",
+        tenant_id=isolation.tenant_id,
+        source="test",
+        data={"project_id": "proj-1", "amount_micros": 1_000},
+    )
+    budget_id = await serializer.schema_id(CATALOG.get("budget.set"))
+    cost = cost_event(isolation.tenant_id, "k", 1)
+    cost_id = await serializer.schema_id(COSTS)
+    values = [
+        (await serializer.serialize(cost)).value,  # teaches the consumer the schema id
+        schema_invalid(cost, cost_id, cost_micros=-1),  # skipped: no cost.recorded handler
+        schema_invalid(budget, budget_id, amount_micros=-1),  # dead-lettered
+        (await serializer.serialize(budget)).value,
+    ]
+    for value in values:
+        await raw_producer.send_and_wait(topic, value=value, key=b"k")
+
+    handled: list[Envelope[Any]] = []
+    done = asyncio.Event()
+
+    async def handle(event: Envelope[Any]) -> None:
+        handled.append(event)
+        done.set()
+
+    consumer = EventConsumer(
+        ConsumerConfig(stack.endpoints.kafka_bootstrap, f"g-{uuid.uuid4()}", [topic]),
+        EventDeserializer(CATALOG, registry),
+        {"budget.set": handle},
+        DeadLetters(raw_producer, "skip-test"),
+    )
+    await consume_until(consumer, done)
+    assert [e.id for e in handled] == [budget.id]
+    # one key, one partition: a dead-lettered cost record would come first
+    (first, *_) = await read_all(stack.endpoints.kafka_bootstrap, f"{topic}.dlq", 1)
+    assert first.value == values[2]
+    assert dict(first.headers)["ledgerbus-dlq-reason"] == b"schema_violation"
 
 
 async def test_batch_publish_backpressure_bounds_memory(
