@@ -516,12 +516,18 @@ def build_runtime(
 
 
 def agent_consumer(
-    runtime: AgentRuntime, bootstrap: str, topic_prefix: str, dead_letters: AIOKafkaProducer
+    runtime: AgentRuntime,
+    bootstrap: str,
+    topic_prefix: str,
+    dead_letters: AIOKafkaProducer,
+    session_timeout_ms: int = 6000,
 ) -> EventConsumer:
     """The consumer-group member feeding ``runtime``: one group per tenant and agent."""
     group = f"{topic_prefix}ledgerbus-agent.{runtime.settings.tenant_id}.{runtime.name}"
     return EventConsumer(
-        ConsumerConfig(bootstrap, group, runtime.topics(topic_prefix)),
+        ConsumerConfig(
+            bootstrap, group, runtime.topics(topic_prefix), session_timeout_ms=session_timeout_ms
+        ),
         runtime.deserializer,
         runtime.handlers(),
         DeadLetters(dead_letters, group),

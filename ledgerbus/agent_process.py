@@ -91,7 +91,9 @@ async def run_agent(settings: Settings, agent: Agent, options: AgentOptions) -> 
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
         await producer.start()
         stack.push_async_callback(producer.stop)
-        consumer = agent_consumer(runtime, bootstrap, prefix, producer)
+        consumer = agent_consumer(
+            runtime, bootstrap, prefix, producer, round(settings.session_timeout * 1000)
+        )
         await runtime.register()
         stop_on_signals(consumer.request_stop)
         await consumer.start()

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         0, ge=0, lt=65536, description="Supervisor's Prometheus port; 0 = any free"
     )
+    session_timeout: float = Field(
+        6.0,
+        ge=1.0,
+        le=300.0,
+        description="Seconds before a consumer group gives a silent member's partitions to "
+        "another (archiver, agents, streams workers)",
+    )
 
     @field_validator("kafka_bootstrap")
     @classmethod

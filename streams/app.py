@@ -84,7 +84,7 @@ def create_app(config: StreamsConfig) -> faust.App:
         topic_replication_factor=1,
         topic_allow_declare=True,
         broker_session_timeout=config.session_timeout_seconds,
-        broker_heartbeat_interval=1.0,
+        broker_heartbeat_interval=min(1.0, config.session_timeout_seconds / 3),
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         autodiscover=False,

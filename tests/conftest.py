@@ -8,6 +8,7 @@ and a Redis key prefix, so tests never see each other's data.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,6 +23,12 @@ from ledgerbus.settings import load_settings
 from ledgerbus.supervisor import Supervisor
 from schemas.registry_client import RegistryClient
 from tests.support.registry_server import serve_registry
+
+# Consumer groups in tests: a SIGKILLed member's partitions move after ~3 s
+# instead of ~9 s, and a new group's first assignment comes after 1 s instead
+# of 3 s (the embedded broker waits half the session timeout). Every ledgerbus
+# process the tests start inherits it.
+os.environ.setdefault("LEDGERBUS_SESSION_TIMEOUT", "2")
 
 
 @dataclass(frozen=True)

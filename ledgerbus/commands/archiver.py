@@ -127,7 +127,11 @@ async def run(config: Settings, options: ArchiverOptions) -> None:
             every_seconds=options.checkpoint_seconds,
         )
         consumer_config = ConsumerConfig(
-            bootstrap, group, archive_topics(prefix), max_poll_records=options.batch_size
+            bootstrap,
+            group,
+            archive_topics(prefix),
+            max_poll_records=options.batch_size,
+            session_timeout_ms=round(config.session_timeout * 1000),
         )
         archiver = Archiver(
             consumer_config,

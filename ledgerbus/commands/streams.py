@@ -44,9 +44,9 @@ log = logging.getLogger("ledgerbus.streams")
 @click.option(
     "--session-timeout",
     type=click.FloatRange(min=1.0),
-    default=6.0,
-    show_default=True,
-    help="Seconds before the group gives a silent worker's partitions to another.",
+    default=None,
+    help="Seconds before the group gives a silent worker's partitions to another "
+    "[default: LEDGERBUS_SESSION_TIMEOUT, 6].",
 )
 @click.option(
     "--stop-timeout",
@@ -60,7 +60,7 @@ def streams(
     metrics_port: int,
     metrics_host: str,
     group: str | None,
-    session_timeout: float,
+    session_timeout: float | None,
     stop_timeout: float,
 ) -> None:
     """Run the stream processors (budgets, approvals, webhooks) until SIGTERM/SIGINT."""
@@ -78,7 +78,7 @@ def streams(
         endpoints.kafka_bootstrap,
         config.topic_prefix,
         group,
-        session_timeout_seconds=session_timeout,
+        session_timeout_seconds=session_timeout or config.session_timeout,
         web_port=free_port(),
         data_dir=config.data_dir,
     )

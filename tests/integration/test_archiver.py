@@ -40,7 +40,7 @@ from tests.support.archive import (
 )
 from tests.support.cli import run_cli
 from tests.support.devproc import DevProcess
-from tests.support.kafka import read_all
+from tests.support.kafka import SESSION_TIMEOUT_MS, read_all
 
 
 @dataclass
@@ -87,6 +87,7 @@ async def start_archiver(
             group,
             archive_topics(isolation.topic_prefix),
             max_poll_records=batch,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
         )
         archiver = Archiver(
             config,

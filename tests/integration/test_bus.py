@@ -25,7 +25,7 @@ from schemas.registry_client import RegistryClient
 from schemas.serde import EventDeserializer, EventSerializer
 from tests.conftest import Isolation, StackUnderTest
 from tests.support.costs import cost_event
-from tests.support.kafka import read_all
+from tests.support.kafka import SESSION_TIMEOUT_MS, read_all
 
 CATALOG = default_catalog()
 COSTS = CATALOG.get("cost.recorded")
@@ -128,6 +128,7 @@ async def test_order_per_subject_under_concurrency(
             f"g-{uuid.uuid4()}",
             [costs_topic(isolation)],
             max_concurrency=16,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
         ),
         EventDeserializer(CATALOG, registry),
         {"cost.recorded": handle},
@@ -185,6 +186,7 @@ async def test_poison_messages_go_to_dead_letters_and_consumer_goes_on(
             f"g-{uuid.uuid4()}",
             [topic],
             retry=RetryPolicy(attempts=3, initial_backoff=0.01),
+            session_timeout_ms=SESSION_TIMEOUT_MS,
         ),
         EventDeserializer(CATALOG, registry),
         {"cost.recorded": handle},
@@ -249,7 +251,12 @@ async def test_records_no_handler_wants_are_skipped_undecoded(
         done.set()
 
     consumer = EventConsumer(
-        ConsumerConfig(stack.endpoints.kafka_bootstrap, f"g-{uuid.uuid4()}", [topic]),
+        ConsumerConfig(
+            stack.endpoints.kafka_bootstrap,
+            f"g-{uuid.uuid4()}",
+            [topic],
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+        ),
         EventDeserializer(CATALOG, registry),
         {"budget.set": handle},
         DeadLetters(raw_producer, "skip-test"),

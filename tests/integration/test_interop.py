@@ -30,6 +30,7 @@ from schemas.serde import EventDeserializer
 from tests.conftest import Isolation, StackUnderTest
 from tests.integration.test_bus import consume_until
 from tests.support.costs import cost_event
+from tests.support.kafka import SESSION_TIMEOUT_MS
 
 CATALOG = default_catalog()
 COSTS = CATALOG.get("cost.recorded")
@@ -118,7 +119,12 @@ async def test_ledgerbus_consumes_a_confluent_serialized_event(
     await producer.start()
     try:
         consumer = EventConsumer(
-            ConsumerConfig(stack.endpoints.kafka_bootstrap, f"g-{uuid.uuid4()}", [topic]),
+            ConsumerConfig(
+                stack.endpoints.kafka_bootstrap,
+                f"g-{uuid.uuid4()}",
+                [topic],
+                session_timeout_ms=SESSION_TIMEOUT_MS,
+            ),
             EventDeserializer(CATALOG, registry),
             {"cost.recorded": handle},
             DeadLetters(producer, "interop"),

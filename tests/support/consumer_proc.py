@@ -23,6 +23,7 @@ from schemas.catalog import default_catalog
 from schemas.models import Envelope
 from schemas.registry_client import RegistryClient
 from schemas.serde import EventDeserializer
+from tests.support.kafka import SESSION_TIMEOUT_MS
 
 
 async def main(
@@ -43,7 +44,9 @@ async def main(
         )
 
     consumer = EventConsumer(
-        ConsumerConfig(bootstrap, group, [topic], max_poll_records=50),
+        ConsumerConfig(
+            bootstrap, group, [topic], max_poll_records=50, session_timeout_ms=SESSION_TIMEOUT_MS
+        ),
         EventDeserializer(default_catalog(), registry),
         {"cost.recorded": record},
         DeadLetters(producer, group),

@@ -6,6 +6,11 @@ import asyncio
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
+from ledgerbus.settings import load_settings
+
+SESSION_TIMEOUT_MS = round(load_settings().session_timeout * 1000)
+"""For consumer groups tests build by hand: the session's setting (tests/conftest.py)."""
+
 
 async def read_all(
     bootstrap: str, topic: str, expect: int, timeout: float = 20.0
