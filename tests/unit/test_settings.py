@@ -9,21 +9,30 @@ from ledgerbus.settings import SettingsError, load_settings
 
 
 def test_defaults_are_all_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("KAFKA_BOOTSTRAP", "DATABASE_URL", "REDIS_URL", "SCHEMA_REGISTRY_URL"):
+    for name in (
+        "KAFKA_BOOTSTRAP",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "SCHEMA_REGISTRY_URL",
+        "SESSION_TIMEOUT",  # tests/conftest.py sets it
+    ):
         monkeypatch.delenv(f"LEDGERBUS_{name}", raising=False)
     settings = load_settings()
     assert settings.kafka_bootstrap is None
     assert settings.database_url is None
     assert settings.data_dir == Path(".ledgerbus")
     assert settings.gateway_port == 8000
+    assert settings.session_timeout == 6.0
 
 
 def test_environment_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LEDGERBUS_KAFKA_BOOTSTRAP", "k1:9092,k2:9092")
     monkeypatch.setenv("LEDGERBUS_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LEDGERBUS_SESSION_TIMEOUT", "2.5")
     settings = load_settings()
     assert settings.kafka_bootstrap == "k1:9092,k2:9092"
     assert settings.data_dir == tmp_path
+    assert settings.session_timeout == 2.5
 
 
 @pytest.mark.parametrize(
@@ -35,6 +44,8 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
         ("redis_url", "redis//broken", "LEDGERBUS_REDIS_URL:"),
         ("schema_registry_url", "ftp://r", "LEDGERBUS_SCHEMA_REGISTRY_URL:"),
         ("gateway_port", -1, "LEDGERBUS_GATEWAY_PORT:"),
+        ("session_timeout", 0.5, "LEDGERBUS_SESSION_TIMEOUT: Input should be greater than or"),
+        ("session_timeout", "soon", "LEDGERBUS_SESSION_TIMEOUT: Input should be a valid number"),
     ],
 )
 def test_bad_values_name_the_variable(field: str, value: object, message: str) -> None:
