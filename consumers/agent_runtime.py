@@ -83,6 +83,8 @@ class AgentRuntimeSettings:
     key_grace: timedelta = timedelta(hours=1)
     #: How long a sender waits for a recipient to appear in the key directory.
     recipient_wait: timedelta = timedelta(seconds=30)
+    #: How often the process forgets message ids too old to be replayed.
+    purge_interval: timedelta = timedelta(hours=1)
     #: Model of every LLM call when set (an operator's override), else the call's or agent's.
     llm_model: str | None = None
 
@@ -102,6 +104,7 @@ class AgentRuntime:
         identity: AgentIdentity,
         directory: KeyDirectory,
         opener: Opener,
+        replay_guard: ReplayGuard,
         llm: LLMClient | None,
     ) -> None:
         self.agent = agent
@@ -113,6 +116,7 @@ class AgentRuntime:
         self.identity = identity
         self.directory = directory
         self.opener = opener
+        self.replay_guard = replay_guard
         self.llm = llm
         self.active: dict[str, asyncio.Task[Any]] = {}
         self._subscribers = agent.subscriptions()
@@ -166,13 +170,27 @@ class AgentRuntime:
         )
 
     async def heartbeats(self) -> None:
-        """Heartbeat forever (run as a task; cancel to stop)."""
+        """Heartbeat forever, and forget old message ids every ``purge_interval``
+        (run as a task; cancel to stop)."""
+        purged_at = -float("inf")
         while True:
             try:
                 await self.heartbeat()
+                if time.monotonic() - purged_at >= self.settings.purge_interval.total_seconds():
+                    await self.forget_old_messages()
+                    purged_at = time.monotonic()
             except Exception:
                 log.exception("%s: heartbeat failed", self.name)
             await asyncio.sleep(self.settings.heartbeat_seconds)
+
+    async def forget_old_messages(self) -> int:
+        """Purge replay-guard ids older than twice the longest seal window: a replay
+        of one is refused as stale before the guard is asked. Returns how many."""
+        keep = 2 * max(self.settings.task_window, self.settings.message_window)
+        forgotten = await self.replay_guard.purge(keep)
+        if forgotten:
+            log.info("%s: forgot %d message ids older than %s", self.name, forgotten, keep)
+        return forgotten
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -501,6 +519,7 @@ def build_runtime(
 ) -> AgentRuntime:
     """A runtime whose directory, replay guard and run journal live in ``pool``'s database."""
     directory = KeyDirectory(pool)
+    replay_guard = ReplayGuard(pool)
     return AgentRuntime(
         agent,
         settings=settings,
@@ -510,7 +529,8 @@ def build_runtime(
         journal=RunJournal(pool, settings.instance_id, settings.lease),
         identity=identity,
         directory=directory,
-        opener=Opener(identity, directory, ReplayGuard(pool)),
+        opener=Opener(identity, directory, replay_guard),
+        replay_guard=replay_guard,
         llm=llm,
     )
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from consumers.agent import Agent, AgentResult, AgentTask, Message, on
+from consumers.agent_runtime import AgentRuntimeSettings, build_runtime
 from consumers.identity import AgentIdentity
 from consumers.key_directory import AgentKey, KeyDirectory
 from consumers.sealing import seal
@@ -188,3 +189,56 @@ async def test_forged_messages_are_dead_lettered_with_their_reason(
             {"from": "sender", "n": "sealed before rotation"},
         ], "agent code sees only the messages that passed every check"
         assert isinstance(valid.data.sealed, SealedBox)
+
+
+async def test_message_ids_too_old_to_replay_are_forgotten(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Ids older than twice the task window (48 h) go; a replay of one is stale anyway."""
+    tenant = pipeline.new_tenant()
+    runtime = build_runtime(
+        Inbox("receiver"),
+        settings=AgentRuntimeSettings(tenant_id=tenant, instance_id="purge-test"),
+        pool=pipeline.pool,
+        catalog=CATALOG,
+        deserializer=pipeline.deserializer,
+        publisher=pipeline.publisher,
+        identity=AgentIdentity.load_or_create(tmp_path / "receiver.json", "receiver"),
+        llm=None,
+    )
+    ages = [timedelta(hours=49), timedelta(hours=47), timedelta(0)]
+    for n, age in enumerate(ages):
+        assert await runtime.replay_guard.first_sighting(tenant, "receiver", f"m-{n}", ("t", 0, n))
+        await pipeline.pool.execute(
+            "UPDATE agent_messages_seen SET seen_at = now() - $2::interval "
+            "WHERE tenant_id = $1 AND message_id = $3",
+            tenant,
+            age,
+            f"m-{n}",
+        )
+    assert await runtime.forget_old_messages() == 1
+    kept = await pipeline.pool.fetch(
+        "SELECT message_id FROM agent_messages_seen WHERE tenant_id = $1 ORDER BY 1", tenant
+    )
+    assert [row["message_id"] for row in kept] == ["m-1", "m-2"]
+
+    # the heartbeat loop purges too, at start and every purge_interval
+    assert await runtime.replay_guard.first_sighting(tenant, "receiver", "m-3", ("t", 0, 3))
+    await pipeline.pool.execute(
+        "UPDATE agent_messages_seen SET seen_at = now() - interval '49 hours' "
+        "WHERE tenant_id = $1 AND message_id = 'm-3'",
+        tenant,
+    )
+    beating = asyncio.create_task(runtime.heartbeats())
+    try:
+
+        async def purged() -> bool:
+            return not await pipeline.pool.fetchval(
+                "SELECT count(*) FROM agent_messages_seen WHERE tenant_id = $1 "
+                "AND message_id = 'm-3'",
+                tenant,
+            )
+
+        await eventually(purged, timeout=10)
+    finally:
+        beating.cancel()
