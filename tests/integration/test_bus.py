@@ -16,7 +16,13 @@ from aiokafka import AIOKafkaProducer
 from fastavro import schemaless_writer
 
 from consumers.dead_letters import DeadLetters
-from consumers.runtime import ConsumerConfig, EventConsumer, PermanentError, RetryPolicy
+from consumers.runtime import (
+    ConsumerConfig,
+    EventConsumer,
+    Handler,
+    PermanentError,
+    RetryPolicy,
+)
 from producers.publisher import InvalidEvent, Publisher, build_event
 from producers.topics import ensure_topics
 from schemas.catalog import default_catalog
@@ -53,6 +59,30 @@ def schema_invalid(event: Envelope[Any], schema_id: int, **data: Any) -> bytes:
     buffer.write(b"\x00" + struct.pack(">I", schema_id))
     schemaless_writer(buffer, event_type.parsed_schema, record)
     return buffer.getvalue()
+
+
+def new_consumer(
+    stack: StackUnderTest,
+    registry: RegistryClient,
+    topic: str,
+    handlers: dict[str, Handler],
+    dead_letters: AIOKafkaProducer,
+    **config: Any,
+) -> EventConsumer:
+    """A consumer of ``topic`` in a group of its own, dead-lettering with ``dead_letters``."""
+    group = f"g-{uuid.uuid4()}"
+    return EventConsumer(
+        ConsumerConfig(
+            stack.endpoints.kafka_bootstrap,
+            group,
+            [topic],
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            **config,
+        ),
+        EventDeserializer(CATALOG, registry),
+        handlers,
+        DeadLetters(dead_letters, group),
+    )
 
 
 async def consume_until(
@@ -122,17 +152,13 @@ async def test_order_per_subject_under_concurrency(
         if sum(map(len, seen.values())) == len(events):
             done.set()
 
-    consumer = EventConsumer(
-        ConsumerConfig(
-            stack.endpoints.kafka_bootstrap,
-            f"g-{uuid.uuid4()}",
-            [costs_topic(isolation)],
-            max_concurrency=16,
-            session_timeout_ms=SESSION_TIMEOUT_MS,
-        ),
-        EventDeserializer(CATALOG, registry),
+    consumer = new_consumer(
+        stack,
+        registry,
+        costs_topic(isolation),
         {"cost.recorded": handle},
-        DeadLetters(raw_producer, "order"),
+        raw_producer,
+        max_concurrency=16,
     )
     await consume_until(consumer, done)
     assert {s: seen[s] for s in subjects} == {s: list(range(60)) for s in subjects}
@@ -180,17 +206,13 @@ async def test_poison_messages_go_to_dead_letters_and_consumer_goes_on(
         if seq == 5:
             done.set()
 
-    consumer = EventConsumer(
-        ConsumerConfig(
-            stack.endpoints.kafka_bootstrap,
-            f"g-{uuid.uuid4()}",
-            [topic],
-            retry=RetryPolicy(attempts=3, initial_backoff=0.01),
-            session_timeout_ms=SESSION_TIMEOUT_MS,
-        ),
-        EventDeserializer(CATALOG, registry),
+    consumer = new_consumer(
+        stack,
+        registry,
+        topic,
         {"cost.recorded": handle},
-        DeadLetters(raw_producer, "poison-test"),
+        raw_producer,
+        retry=RetryPolicy(attempts=3, initial_backoff=0.01),
     )
     await consume_until(consumer, done)
     assert handled == [5]
@@ -250,17 +272,7 @@ async def test_records_no_handler_wants_are_skipped_undecoded(
         handled.append(event)
         done.set()
 
-    consumer = EventConsumer(
-        ConsumerConfig(
-            stack.endpoints.kafka_bootstrap,
-            f"g-{uuid.uuid4()}",
-            [topic],
-            session_timeout_ms=SESSION_TIMEOUT_MS,
-        ),
-        EventDeserializer(CATALOG, registry),
-        {"budget.set": handle},
-        DeadLetters(raw_producer, "skip-test"),
-    )
+    consumer = new_consumer(stack, registry, topic, {"budget.set": handle}, raw_producer)
     await consume_until(consumer, done)
     assert [e.id for e in handled] == [budget.id]
     # one key, one partition: a dead-lettered cost record would come first

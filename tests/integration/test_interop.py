@@ -19,18 +19,14 @@ from confluent_kafka.schema_registry import SchemaRegistryClient, record_subject
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from consumers.dead_letters import DeadLetters
-from consumers.runtime import ConsumerConfig, EventConsumer
 from producers.publisher import Publisher
 from producers.topics import ensure_topics
 from schemas.catalog import default_catalog
 from schemas.models import Envelope
 from schemas.registry_client import RegistryClient
-from schemas.serde import EventDeserializer
 from tests.conftest import Isolation, StackUnderTest
-from tests.integration.test_bus import consume_until
+from tests.integration.test_bus import consume_until, new_consumer
 from tests.support.costs import cost_event
-from tests.support.kafka import SESSION_TIMEOUT_MS
 
 CATALOG = default_catalog()
 COSTS = CATALOG.get("cost.recorded")
@@ -118,17 +114,7 @@ async def test_ledgerbus_consumes_a_confluent_serialized_event(
     producer = AIOKafkaProducer(bootstrap_servers=stack.endpoints.kafka_bootstrap)
     await producer.start()
     try:
-        consumer = EventConsumer(
-            ConsumerConfig(
-                stack.endpoints.kafka_bootstrap,
-                f"g-{uuid.uuid4()}",
-                [topic],
-                session_timeout_ms=SESSION_TIMEOUT_MS,
-            ),
-            EventDeserializer(CATALOG, registry),
-            {"cost.recorded": handle},
-            DeadLetters(producer, "interop"),
-        )
+        consumer = new_consumer(stack, registry, topic, {"cost.recorded": handle}, producer)
         await consume_until(consumer, done)
     finally:
         await producer.stop()
