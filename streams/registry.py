@@ -12,6 +12,7 @@ from streams.agent_directory import AgentDirectory
 from streams.approval_processor import ApprovalProcessor
 from streams.budget_processor import BudgetProcessor
 from streams.processor import Processor
+from streams.runs import RunsProjection
 from streams.webhooks.processor import WebhookProcessor
 
 
@@ -28,5 +29,6 @@ def projections() -> list[Projection]:
     return [
         EventCounts(),
         AgentDirectory(),
+        RunsProjection(),
         *(p for processor in processors() for p in processor.projections),
     ]

@@ -10,6 +10,7 @@ import pytest
 
 from consumers.pricing import PricingTable
 from ledgerbus.llm_stub import ServedStub, words
+from streams.runs import RunsProjection, RunStatus, get_run
 from tests.support.agents import (
     STUB_MODEL,
     decide,
@@ -19,7 +20,9 @@ from tests.support.agents import (
     wait_for,
     wait_registered,
 )
+from tests.support.archive import eventually
 from tests.support.budgets import set_budget
+from tests.support.gateway_deployment import caught_up
 from tests.support.pipeline import Pipeline
 
 pytestmark = pytest.mark.timeout(300)
@@ -89,3 +92,19 @@ async def test_handoff_chain_with_approval_resumes_once_after_sigkill(
     [approved] = await pipeline.archived(tenant, "approval.approved")
     waited = approved.time - asked.time
     assert qa_completed.data.duration_ms >= waited.total_seconds() * 1000, "from first start"
+
+    # The runs projection (GET /v1/runs) tells the same story, from the archive.
+    await eventually(
+        lambda: caught_up(pipeline.pool, RunsProjection(), [tenant]), timeout=30, interval=0.2
+    )
+    developer_row = await get_run(pipeline.pool, tenant, run_id)
+    qa_row = await get_run(pipeline.pool, tenant, qa_run)
+    assert developer_row is not None and qa_row is not None
+    assert developer_row.status == qa_row.status == RunStatus.COMPLETED
+    assert (developer_row.parent_run_id, qa_row.parent_run_id) == (None, run_id)
+    assert developer_row.correlation_id == qa_row.correlation_id == str(first.id)
+    assert qa_row.duration_ms == qa_completed.data.duration_ms
+    assert qa_row.started_at is not None and qa_row.started_at < approved.time
+    cost_of = {cost.data.run_id: cost.data.cost_micros for cost in costs}
+    assert (developer_row.cost_micros, qa_row.cost_micros) == (cost_of[run_id], cost_of[qa_run])
+    assert developer_row.llm_calls == qa_row.llm_calls == 1
