@@ -20,6 +20,7 @@ from gateway.routes.approvals import approvals_router
 from gateway.routes.audit import audit_router
 from gateway.routes.budgets import budgets_router
 from gateway.routes.events import events_router
+from gateway.routes.runs import runs_router
 from gateway.routes.webhooks import webhooks_router
 from gateway.services import GatewayServices
 from gateway.streams.routes import streams_router
@@ -59,6 +60,7 @@ def create_app(
         app.include_router(budgets_router())
         app.include_router(approvals_router())
         app.include_router(agents_router())
+        app.include_router(runs_router())
         app.include_router(events_router())
         app.include_router(streams_router())
 

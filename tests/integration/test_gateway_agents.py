@@ -19,6 +19,7 @@ from event_store.projections import ProjectedEvent
 from producers.publisher import build_event
 from schemas.models import Envelope
 from streams.agent_directory import AgentDirectory, KeyState, get_agent
+from streams.runs import RunsProjection
 from tests.conftest import StackUnderTest
 from tests.support.archive import eventually
 from tests.support.cli import run_cli
@@ -382,3 +383,51 @@ async def test_rebuild_reproduces_the_rows(deployment: Deployment) -> None:
     assert result.returncode == 0, result.stderr
     assert f"rebuilt {projection.name}" in result.stdout
     assert await dump_projection(pool, projection) == before
+
+
+async def test_runs_are_listed_filtered_isolated_and_rebuilt(deployment: Deployment) -> None:
+    pipeline, projection = deployment.pipeline, RunsProjection()
+    tenant, other = pipeline.new_tenant(), pipeline.new_tenant()
+    run = {"project_id": "shop", "agent_name": "developer"}
+    for run_id, lifecycle in (
+        ("run-a", [("agent.run_accepted", {"reserved_micros": 5})]),
+        (
+            "run-b",
+            [
+                ("agent.started", {"instance_id": "i"}),
+                ("agent.failed", {"reason": "timeout", "error_message": "slow"}),
+            ],
+        ),
+    ):
+        for event_type, data in lifecycle:
+            await pipeline.publish(
+                event_type, tenant_id=tenant, subject=run_id, data={**run, "run_id": run_id, **data}
+            )
+
+    async with deployment.client(tenant, "viewer") as client:
+
+        async def projected() -> bool:
+            listed = (await client.get("/v1/runs")).json()["items"]
+            return [(r["run_id"], r["status"]) for r in listed] == [
+                ("run-a", "accepted"),
+                ("run-b", "failed"),
+            ]
+
+        await eventually(projected, timeout=30, interval=0.2)
+        failed = (await client.get("/v1/runs", params={"status": "failed"})).json()
+        assert [r["run_id"] for r in failed["items"]] == ["run-b"]
+        assert failed["items"][0]["reason"] == "timeout"
+        page = (await client.get("/v1/runs", params={"limit": 1})).json()
+        assert [r["run_id"] for r in page["items"]] == ["run-a"] and page["next_after"] == "run-a"
+        one = await client.get("/v1/runs/run-a")
+        assert one.status_code == 200 and one.json()["cost_micros"] == 0
+        for bad in ({"status": "finished"}, {"limit": 0}, {"agent_name": ""}):
+            assert (await client.get("/v1/runs", params=bad)).status_code == 422
+    async with deployment.client(other, "admin") as client:
+        assert (await client.get("/v1/runs")).json()["items"] == []
+        assert (await client.get("/v1/runs/run-a")).status_code == 404
+
+    before = await dump_projection(pipeline.pool, projection)
+    result = await run_cli(["projections", "rebuild", projection.name], pipeline.env)
+    assert result.returncode == 0, result.stderr
+    assert await dump_projection(pipeline.pool, projection) == before
