@@ -37,49 +37,32 @@ def event(
 
 
 RUN = {"run_id": "run-1", "project_id": "p", "agent_name": "developer"}
+
+
+def cost(seconds: float, micros: int, run_id: str = "run-1") -> Envelope[Any]:
+    llm: dict[str, Any] = {
+        "provider": "openai",
+        "model": "m",
+        "input_tokens": 1,
+        "output_tokens": 1,
+    }
+    run = {**RUN, "run_id": run_id}
+    return event("cost.recorded", seconds, **run, **llm, cost_micros=micros, latency_ms=5)
+
+
 LIFE = [
     event(
         "agent.run_requested", 0, None, **RUN, task="t", risk_level="low", cost_estimate_micros=5
     ),
     event("agent.run_accepted", 1, **RUN, reserved_micros=5, parent_run_id="run-0"),
     event("agent.started", 2, **RUN, instance_id="a"),
-    event(
-        "cost.recorded",
-        3,
-        **RUN,
-        provider="openai",
-        model="m",
-        input_tokens=1,
-        output_tokens=1,
-        cost_micros=120,
-        latency_ms=5,
-    ),
+    cost(3, 120),
     event("agent.started", 60, **RUN, instance_id="b"),  # resumed after an approval
-    event(
-        "cost.recorded",
-        61,
-        **RUN,
-        provider="openai",
-        model="m",
-        input_tokens=1,
-        output_tokens=1,
-        cost_micros=30,
-        latency_ms=5,
-    ),
+    cost(61, 30),
     event("agent.completed", 62, **RUN, instance_id="b", duration_ms=62_000, result="ok"),
     event("agent.run_rejected", 0, **{**RUN, "run_id": "run-2"}, reason="budget_exceeded"),
     event("agent.failed", 5, **{**RUN, "run_id": "run-3"}, reason="timeout", error_message="slow"),
-    event(
-        "cost.recorded",
-        4,
-        **{**RUN, "run_id": "run-3"},
-        provider="openai",
-        model="m",
-        input_tokens=1,
-        output_tokens=1,
-        cost_micros=7,
-        latency_ms=5,
-    ),
+    cost(4, 7, run_id="run-3"),
 ]
 
 
