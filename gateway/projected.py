@@ -13,7 +13,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from fastapi import APIRouter, Depends
+
 from event_store.projections import Projection, ProjectionRunner
+from gateway.problems import problem_responses
 from gateway.services import Services
 
 T = TypeVar("T")
@@ -35,6 +38,18 @@ class ProjectionTables:
         runner = ProjectionRunner(services.pool, self.projections, services.deserializer)
         await runner.install()
         self._installed = True
+
+
+def projection_router(name: str, *projections: Projection) -> APIRouter:
+    """The router of ``/v1/<name>``, which reads ``projections``: their tables are
+    installed before its first request is answered."""
+    tables = ProjectionTables(*projections)
+    return APIRouter(
+        prefix=f"/v1/{name}",
+        tags=[name],
+        responses=problem_responses(401, 403, 429),
+        dependencies=[Depends(tables.ready)],
+    )
 
 
 async def wait_for(found: Callable[[], Awaitable[T | None]], seconds: float) -> T | None:

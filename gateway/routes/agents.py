@@ -41,7 +41,7 @@ from gateway.auth.dependencies import require
 from gateway.auth.principal import Principal
 from gateway.auth.rbac import Permission
 from gateway.problems import Problem, problem_responses
-from gateway.projected import ProjectionTables
+from gateway.projected import projection_router
 from gateway.services import Services
 from producers.publisher import build_event
 from schemas.models.enums import HpkeSuite
@@ -271,13 +271,7 @@ def _view(agent: Agent, at: datetime) -> AgentView:
 
 
 def agents_router() -> APIRouter:
-    tables = ProjectionTables(AgentDirectory())
-    router = APIRouter(
-        prefix="/v1/agents",
-        tags=["agents"],
-        responses=problem_responses(401, 403, 429),
-        dependencies=[Depends(tables.ready)],
-    )
+    router = projection_router("agents", AgentDirectory())
 
     @router.get("", responses=problem_responses(422))
     async def list_all(

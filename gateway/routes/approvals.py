@@ -25,7 +25,7 @@ from gateway.auth.dependencies import require
 from gateway.auth.principal import Principal
 from gateway.auth.rbac import Permission
 from gateway.problems import Problem, problem_responses
-from gateway.projected import ProjectionTables, wait_for
+from gateway.projected import projection_router, wait_for
 from gateway.services import Services
 from producers.publisher import build_event
 from schemas.models.enums import Verdict
@@ -91,13 +91,7 @@ def _refused(rejection: Rejection, approval: Approval) -> Problem:
 
 
 def approvals_router() -> APIRouter:
-    tables = ProjectionTables(ApprovalsProjection())
-    router = APIRouter(
-        prefix="/v1/approvals",
-        tags=["approvals"],
-        responses=problem_responses(401, 403, 429),
-        dependencies=[Depends(tables.ready)],
-    )
+    router = projection_router("approvals", ApprovalsProjection())
 
     @router.get("", responses=problem_responses(422))
     async def list_all(

@@ -21,7 +21,7 @@ from gateway.auth.dependencies import require
 from gateway.auth.principal import Principal
 from gateway.auth.rbac import Permission
 from gateway.problems import Problem, problem_responses
-from gateway.projected import ProjectionTables
+from gateway.projected import projection_router
 from gateway.services import GatewayServices, Services
 from producers.publisher import build_event
 from schemas.models.enums import BudgetPeriod
@@ -72,13 +72,7 @@ class BudgetSubmitted(BaseModel):
 
 
 def budgets_router() -> APIRouter:
-    tables = ProjectionTables(Budgets())
-    router = APIRouter(
-        prefix="/v1/budgets",
-        tags=["budgets"],
-        responses=problem_responses(401, 403, 429),
-        dependencies=[Depends(tables.ready)],
-    )
+    router = projection_router("budgets", Budgets())
 
     @router.get("/{project_id}")
     async def get_budget(

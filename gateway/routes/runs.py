@@ -17,7 +17,7 @@ from gateway.auth.dependencies import require
 from gateway.auth.principal import Principal
 from gateway.auth.rbac import Permission
 from gateway.problems import Problem, problem_responses
-from gateway.projected import ProjectionTables
+from gateway.projected import projection_router
 from gateway.services import Services
 from streams.approvals import MAX_PAGE
 from streams.runs import RunsProjection, RunStatus, get_run, list_runs
@@ -51,13 +51,7 @@ class RunPage(BaseModel):
 
 
 def runs_router() -> APIRouter:
-    tables = ProjectionTables(RunsProjection())
-    router = APIRouter(
-        prefix="/v1/runs",
-        tags=["runs"],
-        responses=problem_responses(401, 403, 429),
-        dependencies=[Depends(tables.ready)],
-    )
+    router = projection_router("runs", RunsProjection())
 
     @router.get("", responses=problem_responses(422))
     async def list_all(
