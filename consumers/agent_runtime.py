@@ -36,7 +36,14 @@ from consumers.identity import AgentIdentity
 from consumers.key_directory import AgentKey, KeyDirectory
 from consumers.llm import LLMClient, RunRef
 from consumers.replay_guard import ReplayGuard
-from consumers.run_journal import AcceptedRecord, Claim, RunJournal, RunKey, RunStatus, verdict_step
+from consumers.run_journal import (
+    AcceptedRecord,
+    Claim,
+    ClaimStatus,
+    RunJournal,
+    RunKey,
+    verdict_step,
+)
 from consumers.runtime import ConsumerConfig, EventConsumer, PermanentError
 from consumers.sealing import Opener, Rejected, seal
 from producers.publisher import Publisher, build_event
@@ -206,7 +213,7 @@ class AgentRuntime:
         try:
             task = await self._open_task(event, accepted, self.settings.task_window)
         except Rejected as exc:
-            await self.journal.finish(key, RunStatus.FAILED)
+            await self.journal.finish(key, ClaimStatus.FAILED)
             raise PermanentError(f"sealed task of run {key.run_id}: {exc}", exc.reason) from exc
         await self._execute(claim, event, task)
 
@@ -218,8 +225,8 @@ class AgentRuntime:
             if claim is not None:
                 return claim
             state = await self.journal.status(key)
-            if state is None or state[0] != RunStatus.RUNNING:
-                if state is not None and state[0] == RunStatus.WAITING:
+            if state is None or state[0] != ClaimStatus.RUNNING:
+                if state is not None and state[0] == ClaimStatus.WAITING:
                     await self._ask_again(key)
                 return None  # finished, or waiting for its approval
             if time.monotonic() > deadline:
@@ -353,7 +360,7 @@ class AgentRuntime:
             event_id=self._event_id(key, "completed"),
             cause=accepted,
         )
-        await self.journal.finish(key, RunStatus.COMPLETED)
+        await self.journal.finish(key, ClaimStatus.COMPLETED)
         RUNS.labels(self.name, "completed").inc()
 
     async def _fail(
@@ -385,7 +392,7 @@ class AgentRuntime:
             event_id=self._event_id(key, "failed"),
             cause=cause or accepted,
         )
-        await self.journal.finish(key, RunStatus.FAILED)
+        await self.journal.finish(key, ClaimStatus.FAILED)
         RUNS.labels(self.name, f"failed_{reason.value}").inc()
 
     async def _ask_again(self, key: RunKey) -> None:

@@ -20,7 +20,10 @@ from typing import Any
 import asyncpg
 
 
-class RunStatus(StrEnum):
+class ClaimStatus(StrEnum):
+    """Where a claimed run stands in the journal (the runtime's working state;
+    what people read is `streams.runs.RunStatus`)."""
+
     RUNNING = "running"
     WAITING = "waiting"
     COMPLETED = "completed"
@@ -116,7 +119,7 @@ class RunJournal:
             return None
         return Claim(key, accepted, first=row["executions"] == 1, started_at=row["created_at"])
 
-    async def status(self, key: RunKey) -> tuple[RunStatus, str | None] | None:
+    async def status(self, key: RunKey) -> tuple[ClaimStatus, str | None] | None:
         """The run's status and the process leasing it, or None for an unknown run."""
         row = await self.pool.fetchrow(
             "SELECT status, instance_id FROM agent_runs "
@@ -125,7 +128,7 @@ class RunJournal:
             key.agent_name,
             key.run_id,
         )
-        return None if row is None else (RunStatus(row["status"]), row["instance_id"])
+        return None if row is None else (ClaimStatus(row["status"]), row["instance_id"])
 
     async def renew(self, key: RunKey) -> bool:
         """Extend this process's lease; False if the run is no longer ours."""
@@ -233,7 +236,7 @@ class RunJournal:
         )
         return Claim(key, accepted, first=False, started_at=row["created_at"])
 
-    async def finish(self, key: RunKey, status: RunStatus) -> None:
+    async def finish(self, key: RunKey, status: ClaimStatus) -> None:
         await self.pool.execute(
             "UPDATE agent_runs SET status = $4, lease_until = NULL, updated_at = now() "
             "WHERE tenant_id = $1 AND agent_name = $2 AND run_id = $3",
